@@ -1,0 +1,95 @@
+"""Sessions for CI and for people: `nox` runs lint, typecheck and tests.
+
+Opt-in sessions: `contract` (schemathesis), `dev` (service + fakesmtp),
+`load` (locust), `bench` (benchmark scripts). Each session installs what it
+needs into its own virtualenv, so a fresh clone needs only nox itself.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "typecheck", "tests"]
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff: style and common bugs."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over both packages."""
+    session.install("-e", ".[test]", "mypy>=1.11")
+    session.run("mypy")
+
+
+def _pytest_with_coverage(session: nox.Session, *args: str) -> None:
+    session.install("-e", ".[test]")
+    session.run("coverage", "erase")
+    # COVERAGE_PROCESS_START makes subprocesses (python -m service, fakesmtp) report too.
+    session.run(
+        "coverage",
+        "run",
+        "-m",
+        "pytest",
+        *args,
+        *session.posargs,
+        env={"COVERAGE_PROCESS_START": "pyproject.toml"},
+    )
+    session.run("coverage", "combine", success_codes=[0, 1])
+    session.run("coverage", "report")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The default test run: unit, retry, contract, end-to-end, with a coverage floor."""
+    _pytest_with_coverage(session)
+
+
+@nox.session(python=PYTHON)
+def unit(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "unit", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def retry(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "retry", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def contract(session: nox.Session) -> None:
+    """The HTTP contract tests, then schemathesis against the service's own OpenAPI schema."""
+    session.install("-e", ".[test,contract]")
+    session.run("pytest", "-m", "contract", *session.posargs)
+    session.run("python", "tests/schemathesis_run.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def dev(session: nox.Session) -> None:
+    """Run the service and fakesmtp together on SQLite and print where everything is."""
+    session.install("-e", ".")
+    session.run("python", "-m", "service.devserver", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def load(session: nox.Session) -> None:
+    """Locust scenarios `steady` and `overload` against a service and fakesmtp started here."""
+    session.install("-e", ".[test,load]")
+    session.run("python", "loadtests/run_scenarios.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmark scripts; each prints a ratio against a baseline measured in the same run."""
+    session.install("-e", ".[test]")
+    session.run("python", "bench/run_all.py", *session.posargs)
