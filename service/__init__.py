@@ -1,0 +1,1 @@
+"""The mail service: an HTTP API that sends mail through SMTP."""
