@@ -1,28 +1,256 @@
-"""Pydantic schemas of the HTTP API.
+"""Pydantic schemas of the HTTP API, and the validation that keeps requests safe to send.
 
-INTERFACE STUB written by the lead; the API owner fills in validation. Field
-names and types are the contract's (../shared/contract.md).
+Field names and types are the contract's (../shared/contract.md). What is checked here
+needs no settings: address syntax, one address per item, no control characters in
+anything that becomes a header (no header injection), RFC 5322 header names, reserved
+headers, at least one of body/html. Checks that depend on settings (MAX_RECIPIENTS,
+ALLOWED_SENDERS) live in `service.app`, which answers them in the same 422 shape.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+import unicodedata
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "ErrorResponse",
+    "HealthResponse",
+    "MessageStatus",
+    "RejectedRecipientModel",
+    "SendRequest",
+    "SendResponse",
+    "canonical_address",
+    "parse_address",
+]
+
+# Header fields the service writes itself, mapped to what a request uses instead. A
+# caller-supplied copy would either duplicate ours or let a leaked key forge routing.
+RESERVED_HEADERS: dict[str, str] = {
+    "from": "use the request field 'from'",
+    "to": "use the request field 'to'",
+    "cc": "use the request field 'cc'",
+    "bcc": "use the request field 'bcc'",
+    "reply-to": "use the request field 'reply_to'",
+    "subject": "use the request field 'subject'",
+    "message-id": "the service sets it (the answer carries it as 'message_id')",
+    "date": "the service sets it",
+    "mime-version": "the service sets it",
+    "sender": "the service sets the sender from 'from'",
+    "return-path": "the relay sets it from the envelope sender",
+    "received": "relays add it",
+}
+_CONTENT_HEADER_HINT = "the service sets it from 'body' and 'html'"
+
+# RFC 5322 3.6.8: field-name = 1*ftext, ftext = printable US-ASCII except ":".
+_FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
+# Longest header name accepted: a header line must stay under 998 octets, and no
+# legitimate extension header comes near this.
+MAX_HEADER_NAME = 76
+# RFC 5322 "specials" that may not appear in an unquoted display name ("." is allowed
+# there by the obsolete syntax every mail client still accepts).
+_PHRASE_SPECIALS = frozenset('()<>[]:;@\\,"')
+# RFC 5322 quoted-string: quotes around anything, with '"' and '\' escaped by a backslash.
+_QUOTED_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _bad_character(value: str) -> str | None:
+    """The first character that may not appear in a header-bound value, described."""
+    for char in value:
+        # Cc: C0/C1 controls incl. CR, LF, NUL, TAB, DEL; Zl/Zp: U+2028/U+2029, which some
+        # software treats as line breaks; Cs: lone surrogates, which cannot be encoded.
+        if unicodedata.category(char) in {"Cc", "Zl", "Zp", "Cs"}:
+            return f"U+{ord(char):04X}"
+    return None
+
+
+def _no_control_characters(value: str) -> str:
+    bad = _bad_character(value)
+    if bad is not None:
+        raise ValueError(f"control character {bad} is not allowed (no header injection)")
+    return value
+
+
+def _encodable(value: str) -> str:
+    """Bodies may hold any text, but a lone surrogate cannot be encoded as UTF-8."""
+    for char in value:
+        if unicodedata.category(char) == "Cs":
+            raise ValueError(f"lone surrogate U+{ord(char):04X} is not valid text")
+    return value
+
+
+def _split_outside_quotes(value: str) -> list[str]:
+    """Split on "," and ";" that are outside quoted strings and angle brackets."""
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    depth = 0
+    for char in value:
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif not quoted and char == "<":
+            depth += 1
+        elif not quoted and char == ">":
+            depth = max(0, depth - 1)
+        elif not quoted and depth == 0 and char in ",;":
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def _check_display_name(name: str) -> str:
+    if name.startswith('"'):
+        if not _QUOTED_STRING.fullmatch(name):
+            raise ValueError(
+                'a quoted display name must end with its closing quote; inside it, write " '
+                'and \\ as \\" and \\\\'
+            )
+        return name
+    bad = sorted(set(name) & _PHRASE_SPECIALS)
+    if bad:
+        raise ValueError(
+            f"the display name contains {' '.join(bad)}: put it in double quotes, "
+            'e.g. "Doe, Jane" <jane@example.com>'
+        )
+    return name
+
+
+def parse_address(value: str) -> tuple[str, str]:
+    """Split `addr`, `Name <addr>` or `"Quoted, Name" <addr>` into (display name, addr-spec).
+
+    Raises ValueError with a message fit for a 422. The display name is returned as
+    written (quotes included); the addr-spec is checked with email-validator (syntax
+    only, IDN domains and non-ASCII local parts allowed) and returned as given.
+    """
+    _no_control_characters(value)
+    text = value.strip()
+    if not text:
+        raise ValueError("an address is empty")
+    if len(_split_outside_quotes(text)) > 1:
+        raise ValueError(
+            "one address per item: send several recipients as a JSON list, "
+            'e.g. ["a@example.com", "b@example.com"]'
+        )
+    name = ""
+    addr = text
+    if text.endswith(">"):
+        start = text.rfind("<")
+        if start < 0:
+            raise ValueError("'>' without a matching '<'")
+        name = text[:start].strip()
+        addr = text[start + 1 : -1].strip()
+        if name:
+            _check_display_name(name)
+    elif "<" in text or ">" in text:
+        raise ValueError("write a named address as Name <addr@example.com>")
+    try:
+        validate_email(addr, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError as exc:
+        raise ValueError(f"not a valid email address: {exc}") from None
+    return name, addr
+
+
+def canonical_address(addr_spec: str) -> str:
+    """Comparable form of an addr-spec: the local part as written, the domain in
+    lower-case ASCII (IDNA), so that ALLOWED_SENDERS matches however it is typed."""
+    result = validate_email(addr_spec, check_deliverability=False, allow_smtputf8=True)
+    domain = (result.ascii_domain or result.domain).lower()
+    return f"{result.local_part}@{domain}"
+
+
+def _check_address(value: str) -> str:
+    parse_address(value)
+    return value.strip()
+
+
+def _one_or_many(value: object) -> object:
+    # `to` may be one address or a list; the model always holds a list.
+    return [value] if isinstance(value, str) else value
+
+
+Address = Annotated[str, AfterValidator(_check_address)]
+HeaderText = Annotated[str, AfterValidator(_no_control_characters)]
+BodyText = Annotated[str, AfterValidator(_encodable)]
+_ADDRESS_SCHEMA: dict[str, Any] = {"type": "string", "description": "addr or Name <addr>"}
+Recipients = Annotated[
+    list[Address],
+    BeforeValidator(_one_or_many),
+    Field(min_length=1),
+    # The schema shows both accepted forms; the model always holds a list.
+    WithJsonSchema(
+        {
+            "anyOf": [
+                _ADDRESS_SCHEMA,
+                {"type": "array", "items": _ADDRESS_SCHEMA, "minItems": 1},
+            ],
+            "title": "To",
+        }
+    ),
+]
 
 
 class SendRequest(BaseModel):
+    """A message to send. Every field that becomes a header is free of control characters."""
+
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
-    to: list[str]  # a single address is accepted and becomes a one-item list
-    cc: list[str] = Field(default_factory=list)
-    bcc: list[str] = Field(default_factory=list)
-    subject: str = ""
-    body: str | None = None
-    html: str | None = None
-    from_: str | None = Field(default=None, alias="from")
-    reply_to: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
+    to: Recipients  # a single address is accepted and becomes a one-item list
+    cc: list[Address] = Field(default_factory=list)
+    bcc: list[Address] = Field(default_factory=list)
+    subject: HeaderText = ""
+    body: BodyText | None = None
+    html: BodyText | None = None
+    from_: Address | None = Field(default=None, alias="from")
+    reply_to: Address | None = None
+    headers: dict[str, HeaderText] = Field(default_factory=dict)
+
+    @field_validator("headers")
+    @classmethod
+    def _check_header_names(cls, headers: dict[str, str]) -> dict[str, str]:
+        seen: set[str] = set()
+        for name in headers:
+            if len(name) > MAX_HEADER_NAME or not _FIELD_NAME.fullmatch(name):
+                raise ValueError(
+                    f"{name[:MAX_HEADER_NAME]!r} is not a header field name (RFC 5322: "
+                    f"1 to {MAX_HEADER_NAME} printable ASCII characters, no ':' or space)"
+                )
+            lower = name.lower()
+            if lower in RESERVED_HEADERS or lower.startswith("content-"):
+                hint = RESERVED_HEADERS.get(lower, _CONTENT_HEADER_HINT)
+                raise ValueError(f"header {name!r} is reserved: {hint}")
+            if lower in seen:
+                raise ValueError(f"header {name!r} is given twice (names ignore case)")
+            seen.add(lower)
+        return headers
+
+    @model_validator(mode="after")
+    def _has_content(self) -> SendRequest:
+        if self.body is None and self.html is None:
+            raise ValueError("give at least one of 'body' and 'html'")
+        return self
+
+    @property
+    def recipient_count(self) -> int:
+        return len(self.to) + len(self.cc) + len(self.bcc)
 
 
 class RejectedRecipientModel(BaseModel):
@@ -41,6 +269,8 @@ class SendResponse(BaseModel):
 
 
 class MessageStatus(BaseModel):
+    """A message's record. Times are ISO 8601 in UTC. The body is never part of it."""
+
     id: str
     status: Literal["queued", "sending", "sent", "failed"]
     attempts: int
@@ -51,6 +281,7 @@ class MessageStatus(BaseModel):
     message_id: str | None
     to: list[str]
     subject: str
+    rejected: list[RejectedRecipientModel] = Field(default_factory=list)
 
 
 class ErrorResponse(BaseModel):
