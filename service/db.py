@@ -1,7 +1,10 @@
 """The message log and outbox: SQLAlchemy Core, SQLite by default (WAL), PostgreSQL too.
 
-INTERFACE STUB written by the lead; the outbox owner fills it in. Other modules
-rely on exactly these names and signatures.
+Every state change of a message is one SQL statement or one transaction, written
+so that the same text runs on SQLite and PostgreSQL. The hot paths are the
+accept path (`insert`: one INSERT + COMMIT) and the delivery path (`claim` a
+batch in one UPDATE ... RETURNING, `record_outcomes` for a batch in one
+transaction), so a delivery thread spends its time sending, not writing.
 
 Times are stored as float epoch seconds (portable, cheap to compare); the API
 layer formats them as ISO 8601.
@@ -9,19 +12,60 @@ layer formats them as ISO 8601.
 
 from __future__ import annotations
 
+import json
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.pool import StaticPool
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Connection, Engine
 
     from service.config import Settings
-    from service.mailer import DeliveryError, RejectedRecipient, RenderedMessage
+    from service.mailer import DeliveryError
+
+from service.mailer import RejectedRecipient, RenderedMessage
+
+__all__ = [
+    "ClaimedMessage",
+    "DatabaseUnavailable",
+    "IdempotencyKeyTaken",
+    "IdempotencyRecord",
+    "MessageRecord",
+    "Mode",
+    "NewMessage",
+    "Outbox",
+    "Outcome",
+    "Status",
+    "attempts_table",
+    "make_engine",
+    "messages_table",
+    "metadata",
+]
+
+log = logging.getLogger(__name__)
 
 Status = Literal["queued", "sending", "sent", "failed"]
 Mode = Literal["sync", "async"]
+
+# What a synchronous row left in `sending` by a dead process becomes: we never
+# finish a sync send in the background, because its caller got no 200 and may
+# already have tried again; the honest record is that nobody knows.
+INTERRUPTED_SYNC_ERROR = (
+    "interrupted: the service stopped during a synchronous send; outcome unknown"
+)
+
+# SQLite waits this long for a competing writer before giving up with "database
+# is locked" (which becomes DatabaseUnavailable, so a 503, not a hung request).
+SQLITE_BUSY_TIMEOUT_MS = 5000
 
 
 class DatabaseUnavailable(Exception):
@@ -89,62 +133,626 @@ class MessageRecord:
     rejected: list[RejectedRecipient] = field(default_factory=list)
 
 
+# -- schema --------------------------------------------------------------------
+
+metadata = sa.MetaData()
+
+messages_table = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # uuid4 hex
+    sa.Column("mode", sa.String(8), nullable=False),
+    sa.Column("status", sa.String(8), nullable=False),
+    sa.Column("mail_from", sa.Text, nullable=False),
+    sa.Column("rcpt_tos", sa.Text, nullable=False),  # JSON list: the envelope
+    sa.Column("to_addrs", sa.Text, nullable=False),  # JSON list: the display `to`
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("message_id", sa.Text, nullable=False),  # the Message-ID header
+    sa.Column("smtputf8", sa.Boolean, nullable=False, default=False),
+    sa.Column("raw", sa.LargeBinary, nullable=True),  # NULL once purged by retention
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("last_code", sa.Integer, nullable=True),
+    sa.Column("rejected", sa.Text, nullable=True),  # JSON list of {recipient, code, message}
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Column("sent_at", sa.Double, nullable=True),
+    sa.Column("next_attempt_at", sa.Double, nullable=True),
+    sa.Column("lease_until", sa.Double, nullable=True),
+    sa.Column("owner", sa.Text, nullable=True),
+    # Unique, so two concurrent requests with one key cannot both insert; NULL
+    # (no key, or purged after the TTL) never collides.
+    sa.Column("idempotency_scope", sa.Text, nullable=True),
+    sa.Column("request_hash", sa.Text, nullable=True),
+    sa.Column("response_code", sa.Integer, nullable=True),
+    sa.Column("response_body", sa.Text, nullable=True),
+    sa.UniqueConstraint("idempotency_scope", name="uq_messages_idempotency_scope"),
+    # due_ids() and claim(): queued rows ordered by due time.
+    sa.Index("ix_messages_status_next_attempt", "status", "next_attempt_at"),
+    # reclaim_expired_leases(): rows in sending ordered by lease end.
+    sa.Index("ix_messages_status_lease", "status", "lease_until"),
+)
+
+attempts_table = sa.Table(
+    "attempts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "message_id",
+        sa.String(32),
+        sa.ForeignKey("messages.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("number", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.Double, nullable=False),
+    sa.Column("finished_at", sa.Double, nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),  # sent | temporary | permanent
+    sa.Column("code", sa.Integer, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+)
+
+_m = messages_table.c
+
+
+# -- engine ----------------------------------------------------------------------
+
+
 def make_engine(settings: Settings) -> Engine:
     """Engine for DATABASE_URL; SQLite gets WAL, busy_timeout and SQLITE_SYNCHRONOUS."""
-    raise NotImplementedError
+    url = sa.make_url(settings.database_url)
+    # Delivery threads, the scheduler and the API's thread pool share the pool;
+    # overflow absorbs bursts of requests rather than making them wait.
+    pool_size = settings.worker_concurrency + 4
+    if url.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_size=pool_size, max_overflow=20)
+
+    if url.database in (None, "", ":memory:"):
+        # One in-memory database shared by every thread (tests and throwaway runs).
+        engine = sa.create_engine(
+            url, poolclass=StaticPool, connect_args={"check_same_thread": False}
+        )
+    else:
+        engine = sa.create_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=20,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        )
+    synchronous = settings.sqlite_synchronous
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            # WAL: readers never block the writer; NORMAL survives a process crash,
+            # FULL also a power loss (at about half the commit rate).
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    return engine
+
+
+def _sqlite_path(engine: Engine) -> Path | None:
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    if url.query.get("uri") or str(url.database).startswith("file:"):
+        return None  # URI filenames (mode=ro and friends): leave them to SQLite
+    return Path(str(url.database)).absolute()
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+def _describe(error: DeliveryError) -> str:
+    """The text kept in last_error: the server's reply, with its code in front."""
+    reply = error.reply.strip()
+    if error.code is not None and not reply.startswith(str(error.code)):
+        reply = f"{error.code} {reply}".strip()
+    if error.recipient:
+        reply = f"{reply} (recipient {error.recipient})"
+    return reply
+
+
+def _rejected_json(rejected: Sequence[RejectedRecipient]) -> str | None:
+    if not rejected:
+        return None
+    return json.dumps(
+        [{"recipient": r.recipient, "code": r.code, "message": r.message} for r in rejected]
+    )
+
+
+def _rejected_from_json(text: str | None) -> list[RejectedRecipient]:
+    if not text:
+        return []
+    return [
+        RejectedRecipient(recipient=r["recipient"], code=int(r["code"]), message=r["message"])
+        for r in json.loads(text)
+    ]
+
+
+def _attempt_kind(error: DeliveryError | None) -> str:
+    if error is None:
+        return "sent"
+    return "temporary" if error.temporary else "permanent"
 
 
 class Outbox:
-    """All reads and writes of the message log. Thread-safe (one engine, pooled)."""
+    """All reads and writes of the message log. Thread-safe (one engine, pooled).
 
-    def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.time) -> None:
-        raise NotImplementedError
+    Every database error surfaces as DatabaseUnavailable, so callers handle one
+    exception whether SQLite is locked, the disk is full or PostgreSQL is gone.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        clock: Callable[[], float] = time.time,
+        lease_seconds: float = 60.0,
+    ) -> None:
+        self.engine = engine
+        self._clock = clock
+        # A synchronous row is inserted in `sending` with this lease (renewed by
+        # record_attempt), so a dead process's sync rows are found and failed.
+        self._lease_seconds = lease_seconds
+        self._postgres = engine.dialect.name == "postgresql"
+        self._sqlite_path = _sqlite_path(engine)
+        self._sqlite_inode: int | None = None
+
+    # -- plumbing ---------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        """One transaction; any driver error becomes DatabaseUnavailable."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except IntegrityError:
+            raise
+        except DBAPIError as exc:
+            raise DatabaseUnavailable(f"database error: {exc.orig!r}") from exc
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except DBAPIError as exc:
+            raise DatabaseUnavailable(f"database error: {exc.orig!r}") from exc
+
+    def _check_sqlite_file(self) -> None:
+        """Refuse to accept into a SQLite file that was deleted or replaced.
+
+        Pooled connections keep writing to an unlinked file without error, and
+        those commits would be lost for good: a 202 must not depend on that.
+        One stat() per insert (about a microsecond) buys the check.
+        """
+        if self._sqlite_path is None:
+            return
+        try:
+            inode = self._sqlite_path.stat().st_ino
+        except OSError as exc:
+            raise DatabaseUnavailable(f"database file is gone: {exc.strerror}") from exc
+        if self._sqlite_inode is None:
+            self._sqlite_inode = inode
+        elif inode != self._sqlite_inode:
+            raise DatabaseUnavailable("database file was replaced while in use")
+
+    # -- schema -----------------------------------------------------------------
 
     def create_schema(self) -> None:
-        raise NotImplementedError
+        """Create the tables and indexes that are missing (migrations handle upgrades)."""
+        with self._tx() as conn:
+            metadata.create_all(conn, checkfirst=True)
+        if self._sqlite_path is not None:
+            self._sqlite_inode = self._sqlite_path.stat().st_ino
+
+    # -- the accept path ----------------------------------------------------------
 
     def insert(self, message: NewMessage) -> None:
         """Commit one message (status queued for async, sending for sync).
         Raises IdempotencyKeyTaken or DatabaseUnavailable."""
-        raise NotImplementedError
+        self._check_sqlite_file()
+        now = self._clock()
+        rendered = message.rendered
+        is_async = message.mode == "async"
+        values = {
+            "id": message.id,
+            "mode": message.mode,
+            "status": "queued" if is_async else "sending",
+            "mail_from": rendered.mail_from,
+            "rcpt_tos": json.dumps(rendered.rcpt_tos),
+            "to_addrs": json.dumps(message.to),
+            "subject": message.subject,
+            "message_id": rendered.message_id,
+            "smtputf8": rendered.smtputf8,
+            "raw": rendered.data,
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+            "next_attempt_at": now if is_async else None,
+            "lease_until": None if is_async else now + self._lease_seconds,
+            "idempotency_scope": message.idempotency_scope,
+            "request_hash": message.request_hash,
+            "response_code": message.response_code,
+            "response_body": message.response_body,
+        }
+        try:
+            with self._tx() as conn:
+                conn.execute(messages_table.insert(), values)
+        except IntegrityError as exc:
+            if message.idempotency_scope is not None and "idempotency_scope" in str(exc.orig):
+                raise IdempotencyKeyTaken(message.idempotency_scope) from exc
+            raise
 
-    def find_idempotent(self, scope: str) -> IdempotencyRecord | None:
-        raise NotImplementedError
+    def find_idempotent(
+        self, scope: str, *, not_before: float | None = None
+    ) -> IdempotencyRecord | None:
+        """The message stored under this idempotency scope (created at or after
+        `not_before`, when given, so an expired key that purge() has not yet
+        reached is treated as absent)."""
+        query = sa.select(
+            _m.id, _m.request_hash, _m.response_code, _m.response_body, _m.created_at
+        ).where(_m.idempotency_scope == scope)
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        if row is None or (not_before is not None and row.created_at < not_before):
+            return None
+        return IdempotencyRecord(
+            message_id=row.id,
+            request_hash=row.request_hash or "",
+            response_code=row.response_code,
+            response_body=row.response_body,
+        )
+
+    # -- the synchronous path ---------------------------------------------------------
+
+    def record_attempt(self, outcome: Outcome) -> None:
+        """Log one attempt of a synchronous send that will be retried inline.
+
+        The lease is renewed to cover the wait before the next attempt
+        (`outcome.retry_at`, when known) plus one lease period.
+        """
+        now = self._clock()
+        wait_until = max(now, outcome.retry_at or now)
+        error = outcome.error
+        with self._tx() as conn:
+            conn.execute(
+                messages_table.update()
+                .where(_m.id == outcome.id, _m.status == "sending")
+                .values(
+                    attempts=outcome.attempt,
+                    last_error=_describe(error) if error is not None else None,
+                    last_code=error.code if error is not None else None,
+                    updated_at=now,
+                    lease_until=wait_until + self._lease_seconds,
+                )
+            )
+            conn.execute(attempts_table.insert(), [self._attempt_row(outcome, now)])
 
     def finish_sync(self, outcome: Outcome, response_code: int, response_body: str) -> None:
         """Record the final outcome of a synchronous send and the answer given."""
-        raise NotImplementedError
+        now = self._clock()
+        error = outcome.error
+        with self._tx() as conn:
+            conn.execute(
+                messages_table.update()
+                .where(_m.id == outcome.id)
+                .values(
+                    status="sent" if error is None else "failed",
+                    attempts=outcome.attempt,
+                    last_error=_describe(error) if error is not None else None,
+                    last_code=error.code if error is not None else None,
+                    rejected=_rejected_json(outcome.rejected),
+                    sent_at=now if error is None else None,
+                    updated_at=now,
+                    lease_until=None,
+                    owner=None,
+                    response_code=response_code,
+                    response_body=response_body,
+                )
+            )
+            conn.execute(attempts_table.insert(), [self._attempt_row(outcome, now)])
 
-    def record_attempt(self, outcome: Outcome) -> None:
-        """Log one attempt of a synchronous send that will be retried inline."""
-        raise NotImplementedError
+    # -- the delivery path --------------------------------------------------------------
 
     def claim(self, ids: Sequence[str], owner: str, lease_seconds: float) -> list[ClaimedMessage]:
         """queued and due -> sending, in one statement; returns only rows this call won."""
-        raise NotImplementedError
+        if not ids:
+            return []
+        now = self._clock()
+        wanted = sa.and_(
+            _m.id.in_(list(ids)),
+            _m.status == "queued",
+            _m.mode == "async",
+            _m.next_attempt_at <= now,
+        )
+        if self._postgres:
+            # Lock the rows first and skip those another process holds, so two
+            # instances claiming the same ids neither wait nor both win.
+            locked = sa.select(_m.id).where(wanted).with_for_update(skip_locked=True)
+            where: sa.ColumnElement[bool] = _m.id.in_(locked.scalar_subquery())
+        else:
+            # SQLite has one writer at a time: the UPDATE itself is the lock.
+            where = wanted
+        statement = (
+            messages_table.update()
+            .where(where)
+            .values(
+                status="sending",
+                attempts=_m.attempts + 1,
+                lease_until=now + lease_seconds,
+                owner=owner,
+                updated_at=now,
+            )
+            .returning(
+                _m.id, _m.attempts, _m.mail_from, _m.rcpt_tos, _m.message_id, _m.smtputf8, _m.raw
+            )
+        )
+        with self._tx() as conn:
+            rows = list(conn.execute(statement).all())
+        order = {message_id: n for n, message_id in enumerate(ids)}
+        rows.sort(key=lambda row: order.get(row.id, 0))
+        return [
+            ClaimedMessage(
+                id=row.id,
+                attempt=row.attempts,
+                rendered=RenderedMessage(
+                    message_id=row.message_id,
+                    mail_from=row.mail_from,
+                    rcpt_tos=json.loads(row.rcpt_tos),
+                    data=bytes(row.raw) if row.raw is not None else b"",
+                    smtputf8=bool(row.smtputf8),
+                ),
+            )
+            for row in rows
+        ]
+
+    def unclaim(self, claimed: Sequence[ClaimedMessage], owner: str) -> int:
+        """Put claimed-but-unsent messages back to queued, due now, the claim undone.
+
+        Only rows still held by this owner under this attempt are touched, so a
+        message whose lease already expired and was taken by someone else is left
+        alone.
+        """
+        if not claimed:
+            return 0
+        now = self._clock()
+        statement = (
+            messages_table.update()
+            .where(
+                _m.id == sa.bindparam("b_id"),
+                _m.status == "sending",
+                _m.owner == owner,
+                _m.attempts == sa.bindparam("b_attempt"),
+            )
+            .values(
+                status="queued",
+                attempts=_m.attempts - 1,
+                lease_until=None,
+                owner=None,
+                next_attempt_at=now,
+                updated_at=now,
+            )
+        )
+        params = [{"b_id": c.id, "b_attempt": c.attempt} for c in claimed]
+        with self._tx() as conn:
+            result = conn.execute(statement, params)
+        return max(result.rowcount, 0)
 
     def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
-        """Write statuses (sent / failed / queued with retry time) and attempt rows, one transaction."""
-        raise NotImplementedError
+        """Write statuses (sent / failed / queued with retry time) and attempt rows,
+        one transaction.
+
+        A status is only written while the row is still in `sending` under the
+        same attempt: if the lease ran out and another worker took the message,
+        its newer state wins. The attempt row is logged either way.
+        """
+        if not outcomes:
+            return
+        now = self._clock()
+        updates = []
+        for outcome in outcomes:
+            error = outcome.error
+            if error is None:
+                status = "sent"
+            elif error.temporary and outcome.retry_at is not None:
+                status = "queued"
+            else:
+                status = "failed"
+            updates.append(
+                {
+                    "b_id": outcome.id,
+                    "b_attempt": outcome.attempt,
+                    "status": status,
+                    "last_error": _describe(error) if error is not None else None,
+                    "last_code": error.code if error is not None else None,
+                    "rejected": _rejected_json(outcome.rejected),
+                    "sent_at": now if error is None else None,
+                    "next_attempt_at": outcome.retry_at if status == "queued" else None,
+                }
+            )
+        statement = (
+            messages_table.update()
+            .where(
+                _m.id == sa.bindparam("b_id"),
+                _m.status == "sending",
+                _m.attempts == sa.bindparam("b_attempt"),
+            )
+            .values(
+                status=sa.bindparam("status"),
+                last_error=sa.bindparam("last_error"),
+                last_code=sa.bindparam("last_code"),
+                rejected=sa.bindparam("rejected"),
+                sent_at=sa.bindparam("sent_at"),
+                next_attempt_at=sa.bindparam("next_attempt_at"),
+                lease_until=None,
+                owner=None,
+                updated_at=now,
+            )
+        )
+        with self._tx() as conn:
+            conn.execute(statement, updates)
+            conn.execute(attempts_table.insert(), [self._attempt_row(o, now) for o in outcomes])
 
     def due_ids(self, limit: int) -> list[str]:
         """Ids of async messages that are queued and due now, oldest due first."""
-        raise NotImplementedError
+        if limit <= 0:
+            return []
+        query = (
+            sa.select(_m.id)
+            .where(_m.status == "queued", _m.next_attempt_at <= self._clock(), _m.mode == "async")
+            .order_by(_m.next_attempt_at)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return list(conn.execute(query).scalars())
 
     def reclaim_expired_leases(self) -> int:
         """Async rows in sending past their lease go back to queued; sync rows become failed."""
-        raise NotImplementedError
+        now = self._clock()
+        expired = sa.and_(_m.status == "sending", _m.lease_until < now)
+        with self._tx() as conn:
+            requeued = conn.execute(
+                messages_table.update()
+                .where(expired, _m.mode == "async")
+                .values(
+                    status="queued",
+                    next_attempt_at=now,
+                    lease_until=None,
+                    owner=None,
+                    updated_at=now,
+                )
+            ).rowcount
+            failed = conn.execute(
+                messages_table.update()
+                .where(expired, _m.mode == "sync")
+                .values(
+                    status="failed",
+                    last_error=INTERRUPTED_SYNC_ERROR,
+                    lease_until=None,
+                    owner=None,
+                    updated_at=now,
+                )
+            ).rowcount
+        if requeued or failed:
+            log.warning(
+                "reclaimed expired leases: %d async message(s) re-queued, %d sync message(s) "
+                "marked failed",
+                requeued,
+                failed,
+            )
+        return int(requeued) + int(failed)
 
     def count_unfinished(self) -> int:
         """Async messages queued or sending (the backlog QUEUE_MAXSIZE bounds)."""
-        raise NotImplementedError
+        query = (
+            sa.select(sa.func.count())
+            .select_from(messages_table)
+            .where(_m.status.in_(("queued", "sending")), _m.mode == "async")
+        )
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
 
     def oldest_queued_age(self) -> float | None:
-        raise NotImplementedError
+        query = sa.select(sa.func.min(_m.created_at)).where(
+            _m.status == "queued", _m.mode == "async"
+        )
+        with self._read() as conn:
+            oldest = conn.execute(query).scalar_one()
+        if oldest is None:
+            return None
+        return max(0.0, self._clock() - float(oldest))
 
     def get(self, id: str) -> MessageRecord | None:
-        raise NotImplementedError
+        query = sa.select(
+            _m.id,
+            _m.status,
+            _m.attempts,
+            _m.last_error,
+            _m.created_at,
+            _m.updated_at,
+            _m.sent_at,
+            _m.message_id,
+            _m.to_addrs,
+            _m.subject,
+            _m.rejected,
+        ).where(_m.id == id)
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return self._record(row)
+
+    def attempts(self, id: str) -> list[dict[str, Any]]:
+        """The attempt log of one message, oldest first (for operators and tests)."""
+        a = attempts_table.c
+        query = (
+            sa.select(a.number, a.started_at, a.finished_at, a.outcome, a.code, a.error)
+            .where(a.message_id == id)
+            .order_by(a.id)
+        )
+        with self._read() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
 
     def purge(self, *, idempotency_before: float, bodies_sent_before: float | None) -> None:
         """Forget idempotency keys older than the TTL; drop bodies of old sent messages."""
-        raise NotImplementedError
+        with self._tx() as conn:
+            conn.execute(
+                messages_table.update()
+                .where(_m.idempotency_scope.is_not(None), _m.created_at < idempotency_before)
+                .values(idempotency_scope=None)
+            )
+            if bodies_sent_before is not None:
+                conn.execute(
+                    messages_table.update()
+                    .where(
+                        _m.status == "sent",
+                        _m.sent_at < bodies_sent_before,
+                        _m.raw.is_not(None),
+                    )
+                    .values(raw=None)
+                )
+
+    # -- rows -------------------------------------------------------------------------
+
+    @staticmethod
+    def _attempt_row(outcome: Outcome, now: float) -> dict[str, Any]:
+        error = outcome.error
+        return {
+            "message_id": outcome.id,
+            "number": outcome.attempt,
+            "started_at": outcome.started_at or now,
+            "finished_at": now,
+            "outcome": _attempt_kind(error),
+            "code": error.code if error is not None else None,
+            "error": _describe(error) if error is not None else None,
+        }
+
+    @staticmethod
+    def _record(row: Any) -> MessageRecord:
+        return MessageRecord(
+            id=row.id,
+            status=cast("Status", row.status),
+            attempts=row.attempts,
+            last_error=row.last_error,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            sent_at=row.sent_at,
+            message_id=row.message_id,
+            to=json.loads(row.to_addrs),
+            subject=row.subject,
+            rejected=_rejected_from_json(row.rejected),
+        )
+
+    def raw(self, id: str) -> bytes | None:
+        """The stored message bytes (None once purged or for an unknown id)."""
+        with self._read() as conn:
+            value = conn.execute(sa.select(_m.raw).where(_m.id == id)).scalar_one_or_none()
+        return bytes(value) if value is not None else None
