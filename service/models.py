@@ -62,6 +62,7 @@ MAX_HEADER_NAME = 76
 # RFC 5322 "specials" that may not appear in an unquoted display name ("." is allowed
 # there by the obsolete syntax every mail client still accepts).
 _PHRASE_SPECIALS = frozenset('()<>[]:;@\\,"')
+_LOCALHOST = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*localhost")
 # RFC 5322 quoted-string: quotes around anything, with '"' and '\' escaped by a backslash.
 _QUOTED_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 
@@ -134,6 +135,21 @@ def _check_display_name(name: str) -> str:
     return name
 
 
+def _validate_addr_spec(addr: str) -> tuple[str, str]:
+    """(local part, domain) of a syntactically valid addr-spec, domain in ASCII lower case.
+
+    email-validator refuses special-use domains; "localhost" is one, yet it is MAIL_FROM's
+    default and what development relays accept, so it (and its subdomains) pass here.
+    """
+    local, at, domain = addr.rpartition("@")
+    lowered = domain.lower()
+    is_local = bool(at) and _LOCALHOST.fullmatch(lowered) is not None
+    probe = f"{local}@example.com" if is_local else addr
+    result = validate_email(probe, check_deliverability=False, allow_smtputf8=True)
+    ascii_domain = lowered if is_local else (result.ascii_domain or result.domain).lower()
+    return result.local_part, ascii_domain
+
+
 def parse_address(value: str) -> tuple[str, str]:
     """Split `addr`, `Name <addr>` or `"Quoted, Name" <addr>` into (display name, addr-spec).
 
@@ -163,7 +179,7 @@ def parse_address(value: str) -> tuple[str, str]:
     elif "<" in text or ">" in text:
         raise ValueError("write a named address as Name <addr@example.com>")
     try:
-        validate_email(addr, check_deliverability=False, allow_smtputf8=True)
+        _validate_addr_spec(addr)
     except EmailNotValidError as exc:
         raise ValueError(f"not a valid email address: {exc}") from None
     return name, addr
@@ -172,9 +188,8 @@ def parse_address(value: str) -> tuple[str, str]:
 def canonical_address(addr_spec: str) -> str:
     """Comparable form of an addr-spec: the local part as written, the domain in
     lower-case ASCII (IDNA), so that ALLOWED_SENDERS matches however it is typed."""
-    result = validate_email(addr_spec, check_deliverability=False, allow_smtputf8=True)
-    domain = (result.ascii_domain or result.domain).lower()
-    return f"{result.local_part}@{domain}"
+    local, domain = _validate_addr_spec(addr_spec)
+    return f"{local}@{domain}"
 
 
 def _check_address(value: str) -> str:

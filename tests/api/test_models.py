@@ -270,3 +270,13 @@ def test_parse_address_raises_only_value_error(text: str) -> None:
         return
     assert "@" in addr
     assert "\n" not in name + addr
+
+
+@pytest.mark.parametrize("address", ["noreply@localhost", "Dev <dev@mail.LOCALHOST>"])
+def test_localhost_addresses_are_accepted_for_development(address: str) -> None:
+    SendRequest.model_validate(request(to=address, **{"from": address}))
+
+
+@pytest.mark.parametrize("address", ["a@x..localhost", "a@-x.localhost", "a b@localhost"])
+def test_malformed_localhost_addresses_are_refused(address: str) -> None:
+    assert "valid email address" in errors_of(request(to=address))
