@@ -1,0 +1,810 @@
+"""The HTTP API: app factory, endpoints, API-key auth, limits, idempotency, lifespan.
+
+`create_app(settings)` builds everything; nothing happens at import. The lifespan
+opens the database, starts the delivery worker and the sync connection pool, puts
+them on `app.state`, and stops them on exit. Endpoints reach them through the
+`Annotated` dependency aliases below.
+
+The accept path of /send_async is deliberately lean (issue 5): validate, render once,
+one INSERT+COMMIT inline on the event loop (a short SQLite write is cheaper there than a
+hop to the thread pool), one enqueue of the id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Protocol, cast
+
+from fastapi import Depends, FastAPI, Header, Request, Security
+from fastapi.exceptions import HTTPException, RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import db, mailer
+from service.config import Settings
+from service.metrics import CONTENT_TYPE_LATEST, Metrics
+from service.models import (
+    ErrorResponse,
+    HealthResponse,
+    MessageStatus,
+    RejectedRecipientModel,
+    SendRequest,
+    SendResponse,
+    canonical_address,
+    parse_address,
+)
+from service.queue_worker import MailQueueWorker, QueueFull, Sender, ShuttingDown
+
+__all__ = ["BodySizeLimit", "RateLimiter", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+# Seconds a client should wait after a 503 caused by the database (locked, full, gone).
+DATABASE_RETRY_AFTER = 5
+# After SIGTERM this instance takes no new work; another instance (or this one once
+# restarted) will.
+SHUTDOWN_RETRY_AFTER = 5
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+
+
+# -- request body size, enforced while the body streams -----------------------------
+
+
+class BodySizeLimit:
+    """Pure ASGI middleware: 413 for a body over `limit` bytes without buffering it.
+
+    A Content-Length over the limit is answered at once, before reading anything. A
+    chunked body is counted as it is received and refused as soon as the count passes
+    the limit, so memory stays flat whatever the client sends.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1  # the server rejects a malformed length before us
+                if declared > self.limit:
+                    await self._refuse(send)
+                    return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _BodyTooLarge(self.limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge:
+            if started:  # pragma: no cover - endpoints read the body before answering
+                raise
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps({"detail": f"request body over {self.limit} bytes"}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    # The rest of the upload is not read: tell the client not to reuse
+                    # the connection (servers close it anyway).
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTooLarge(HTTPException):
+    """Raised from `receive`; an HTTPException so that FastAPI's body reader lets it
+    through instead of turning it into a 400, and the exception handler answers 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(status_code=413, detail=f"request body over {limit} bytes")
+
+
+# -- rate limiting -----------------------------------------------------------------
+
+
+class RateLimiter:
+    """A token bucket per API key (by fingerprint): `rate` tokens a second, `burst` at most.
+
+    Buckets live in memory, one per configured key, so their number is bounded.
+    """
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float]) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, key: str) -> int | None:
+        """Take one token; None when allowed, else the seconds to wait (>= 1)."""
+        with self._lock:
+            now = self.clock()
+            tokens, last = self._buckets.get(key, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[key] = (tokens - 1.0, now)
+                return None
+            self._buckets[key] = (tokens, now)
+            return max(1, math.ceil((1.0 - tokens) / self.rate))
+
+
+# -- what the lifespan builds --------------------------------------------------------
+
+
+class SyncSender(Protocol):
+    def send(self, message: mailer.RenderedMessage) -> mailer.SendResult: ...
+
+    def close(self) -> None: ...
+
+
+class _FactoryPool:
+    """Idle senders from an injected factory, for the sync path when tests inject one."""
+
+    def __init__(self, factory: Callable[[], Sender]) -> None:
+        self._factory = factory
+        self._idle: list[Sender] = []
+        self._lock = threading.Lock()
+
+    def send(self, message: mailer.RenderedMessage) -> mailer.SendResult:
+        with self._lock:
+            sender = self._idle.pop() if self._idle else None
+        if sender is None:
+            sender = self._factory()
+        try:
+            result = sender.send(message)
+        except BaseException:
+            sender.close()
+            raise
+        with self._lock:
+            self._idle.append(sender)
+        return result
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for sender in idle:
+            sender.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """The caller, identified by a fingerprint of its API key (never the key itself)."""
+
+    fingerprint: str
+
+
+def key_fingerprint(key: str) -> str:
+    """A short, stable, non-reversible name for an API key, for scopes and buckets."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def request_hash(request: SendRequest) -> str:
+    """sha256 of the canonical JSON of a validated request (sorted keys, no spaces)."""
+    canonical = json.dumps(
+        request.model_dump(mode="json", by_alias=True),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def validation_error(loc: tuple[str | int, ...], message: str, value: Any = None) -> Exception:
+    """A 422 in exactly the shape FastAPI gives invalid bodies."""
+    return RequestValidationError(
+        [{"type": "value_error", "loc": loc, "msg": message, "input": value}]
+    )
+
+
+# -- dependencies (read app.state, never a module global) ----------------------------
+
+api_key_header = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    scheme_name="APIKey",
+    description="One of the keys in API_KEY.",
+)
+
+
+def _authenticate(settings: Settings, presented: str | None) -> Client | None:
+    if not presented:
+        return None
+    # Headers arrive as latin-1 text; compare the raw bytes against every key without
+    # stopping at the first match, so timing reveals neither the key nor its position.
+    raw = presented.encode("latin-1", "replace")
+    matched: str | None = None
+    for key in settings.api_keys:
+        if hmac.compare_digest(raw, key.encode()):
+            matched = key
+    return None if matched is None else Client(key_fingerprint(matched))
+
+
+async def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def get_outbox(request: Request) -> db.Outbox:
+    outbox: db.Outbox = request.app.state.outbox
+    return outbox
+
+
+async def get_worker(request: Request) -> MailQueueWorker:
+    worker: MailQueueWorker = request.app.state.worker
+    return worker
+
+
+async def get_sync_sender(request: Request) -> SyncSender:
+    sender: SyncSender = request.app.state.sync_sender
+    return sender
+
+
+async def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+OutboxDep = Annotated[db.Outbox, Depends(get_outbox)]
+WorkerDep = Annotated[MailQueueWorker, Depends(get_worker)]
+SyncSenderDep = Annotated[SyncSender, Depends(get_sync_sender)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+async def require_api_key(
+    settings: SettingsDep, key: Annotated[str | None, Security(api_key_header)]
+) -> Client:
+    client = _authenticate(settings, key)
+    if client is None:
+        raise HTTPException(
+            status_code=401,
+            detail="missing or invalid X-API-Key",
+            headers={"WWW-Authenticate": "APIKey"},
+        )
+    return client
+
+
+ClientDep = Annotated[Client, Depends(require_api_key)]
+
+
+async def rate_limited_client(request: Request, client: ClientDep, metrics: MetricsDep) -> Client:
+    limiter: RateLimiter | None = request.app.state.rate_limiter
+    if limiter is not None:
+        wait = limiter.acquire(client.fingerprint)
+        if wait is not None:
+            metrics.rejected.labels("rate_limited").inc()
+            raise HTTPException(
+                status_code=429,
+                detail="rate limit exceeded for this API key",
+                headers={"Retry-After": str(wait)},
+            )
+    return client
+
+
+SenderClientDep = Annotated[Client, Depends(rate_limited_client)]
+IdempotencyKeyDep = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="Repeat a send safely: the same key and body answer what the first "
+        "answered and send nothing more.",
+    ),
+]
+
+
+# -- checks that need settings ----------------------------------------------------
+
+
+class SenderPolicy:
+    """ALLOWED_SENDERS: exact addresses and @domains; MAIL_FROM is always allowed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.open = settings.allowed_senders is None
+        self.addresses: set[str] = set()
+        self.domains: set[str] = set()
+        for entry in [*(settings.allowed_senders or []), settings.mail_from]:
+            entry = entry.strip()
+            if entry.startswith("@"):
+                self.domains.add(canonical_address("x" + entry).split("@", 1)[1])
+            else:
+                self.addresses.add(canonical_address(parse_address(entry)[1]))
+
+    def allows(self, address: str) -> bool:
+        if self.open:
+            return True
+        canonical = canonical_address(parse_address(address)[1])
+        return canonical in self.addresses or canonical.rsplit("@", 1)[1] in self.domains
+
+
+def check_request(payload: SendRequest, settings: Settings, policy: SenderPolicy) -> None:
+    if payload.recipient_count > settings.max_recipients:
+        raise validation_error(
+            ("body",),
+            f"too many recipients: {payload.recipient_count} in to, cc and bcc together, "
+            f"at most {settings.max_recipients} (MAX_RECIPIENTS)",
+        )
+    if payload.from_ is not None and not policy.allows(payload.from_):
+        raise validation_error(
+            ("body", "from"),
+            "this sender is not allowed: use an address or domain listed in "
+            "ALLOWED_SENDERS, or leave 'from' out to send as MAIL_FROM",
+            payload.from_,
+        )
+
+
+# -- the app ----------------------------------------------------------------------
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key"},
+}
+SEND_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    409: {"model": ErrorResponse, "description": "Same Idempotency-Key still in progress"},
+    413: {"model": ErrorResponse, "description": "Body or built message over MAX_MESSAGE_BYTES"},
+    429: {"model": ErrorResponse, "description": "Over this key's rate limit; see Retry-After"},
+    503: {
+        "model": ErrorResponse,
+        "description": "Queue full, database unavailable or shutting down; see Retry-After",
+    },
+}
+
+
+def create_app(
+    settings: Settings,
+    *,
+    smtp_sender_factory: Callable[[], Sender] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> FastAPI:
+    """Build the app. `smtp_sender_factory` replaces SMTPConnection (worker and sync path);
+    `clock` drives the rate limiter; `sleep` is the sync path's backoff wait."""
+
+    def make_sender() -> Sender:
+        # SMTPConnection has Sender's two methods; Sender is a plain class, not a Protocol.
+        return cast(Sender, mailer.SMTPConnection(settings))
+
+    sender_factory = smtp_sender_factory or make_sender
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = db.make_engine(settings)
+        try:
+            outbox = db.Outbox(engine)
+            if settings.migrate_on_start:
+                outbox.create_schema()
+            worker = MailQueueWorker(outbox, settings, sender_factory=sender_factory)
+            sync_sender: SyncSender = (
+                _FactoryPool(smtp_sender_factory)
+                if smtp_sender_factory is not None
+                else mailer.ConnectionPool(settings)
+            )
+            app.state.outbox = outbox
+            app.state.worker = worker
+            app.state.sync_sender = sync_sender
+            app.state.metrics.bind_gauges(
+                queue_depth=lambda: worker.queue_depth,
+                backlog=lambda: worker.backlog,
+                oldest_queued_age=outbox.oldest_queued_age,
+            )
+            worker.start()
+            logger.info("accepting mail; relay %s:%s", settings.smtp_host, settings.smtp_port)
+            try:
+                yield
+            finally:
+                # Stop taking work, let deliveries in flight finish, leave the rest queued.
+                await run_in_threadpool(worker.stop, settings.shutdown_grace_seconds)
+                await run_in_threadpool(sync_sender.close)
+        finally:
+            engine.dispose()
+
+    app = FastAPI(
+        title="mail-service",
+        version="0.1.0",
+        summary="Send email over SMTP, synchronously or through a durable outbox.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.rate_limiter = (
+        RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst, clock)
+        if settings.rate_limit_per_second is not None
+        else None
+    )
+    app.state.sender_policy = SenderPolicy(settings)
+    app.add_middleware(BodySizeLimit, limit=settings.max_message_bytes)
+    _install_error_handlers(app, settings)
+    _add_routes(app, settings, sleep)
+    return app
+
+
+def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
+    protected = {"/send", "/send_async"}
+    default_handler = app.exception_handlers[RequestValidationError]
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        # FastAPI parses JSON before it runs dependencies, so a malformed body would
+        # answer 422 before the key is checked. A caller without a valid key learns
+        # nothing about our validation: 401 first.
+        path = request.url.path
+        needs_key = path in protected or path.startswith("/messages/")
+        if needs_key and _authenticate(settings, request.headers.get("x-api-key")) is None:
+            return JSONResponse(
+                {"detail": "missing or invalid X-API-Key"},
+                status_code=401,
+                headers={"WWW-Authenticate": "APIKey"},
+            )
+        handler: Callable[[Request, Exception], Awaitable[Response]] = default_handler  # type: ignore[assignment]
+        return await handler(request, exc)
+
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+
+
+def _replay(record: db.IdempotencyRecord, hashed: str) -> Response:
+    if record.request_hash != hashed:
+        raise validation_error(
+            ("header", "Idempotency-Key"),
+            "this Idempotency-Key was used with a different request body",
+        )
+    if record.response_code is None or record.response_body is None:
+        raise HTTPException(
+            status_code=409,
+            detail="a request with this Idempotency-Key is still in progress",
+        )
+    return Response(
+        content=record.response_body,
+        status_code=record.response_code,
+        media_type="application/json",
+        headers={"Idempotent-Replayed": "true"},
+    )
+
+
+def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]) -> None:
+    @app.get("/health", response_model=HealthResponse, tags=["service"])
+    async def health() -> HealthResponse:
+        """Liveness: the process answers HTTP."""
+        return HealthResponse(status="ok")
+
+    def accept(
+        payload: SendRequest,
+        client: Client,
+        idempotency_key: str | None,
+        outbox: db.Outbox,
+    ) -> tuple[mailer.RenderedMessage | Response, str | None, str | None]:
+        """Checks shared by both send endpoints; returns the rendered message (or a
+        replayed answer) with the idempotency scope and request hash."""
+        check_request(payload, settings, app.state.sender_policy)
+        scope = hashed = None
+        if idempotency_key is not None:
+            scope = f"{client.fingerprint}:{idempotency_key}"
+            hashed = request_hash(payload)
+            record = _find_idempotent(outbox, scope)
+            if record is not None:
+                return _replay(record, hashed), scope, hashed
+        try:
+            rendered = mailer.render_message(payload, default_from=settings.mail_from)
+        except (ValueError, UnicodeError) as exc:
+            raise validation_error(("body",), f"the message cannot be built: {exc}") from None
+        if len(rendered.data) > settings.max_message_bytes:
+            raise HTTPException(
+                status_code=413,
+                detail=f"the built message is {len(rendered.data)} bytes, over "
+                f"{settings.max_message_bytes} (MAX_MESSAGE_BYTES)",
+            )
+        return rendered, scope, hashed
+
+    @app.post(
+        "/send_async",
+        status_code=202,
+        response_model=SendResponse,
+        responses=SEND_RESPONSES,
+        tags=["mail"],
+    )
+    async def send_async(
+        payload: SendRequest,
+        client: SenderClientDep,
+        outbox: OutboxDep,
+        worker: WorkerDep,
+        metrics: MetricsDep,
+        idempotency_key: IdempotencyKeyDep = None,
+    ) -> Response:
+        """Queue a message: answered 202 only once it is committed to the database."""
+        rendered, scope, hashed = accept(payload, client, idempotency_key, outbox)
+        if isinstance(rendered, Response):
+            return rendered
+        try:
+            worker.reserve()
+        except QueueFull as exc:
+            metrics.rejected.labels("queue_full").inc()
+            raise HTTPException(
+                status_code=503,
+                detail="the queue is full; retry later",
+                headers={"Retry-After": str(exc.retry_after)},
+            ) from None
+        except ShuttingDown:
+            metrics.rejected.labels("shutting_down").inc()
+            raise HTTPException(
+                status_code=503,
+                detail="shutting down; retry later",
+                headers={"Retry-After": str(SHUTDOWN_RETRY_AFTER)},
+            ) from None
+        message_id = str(uuid.uuid4())
+        answer = SendResponse(
+            ok=True, id=message_id, status="queued", message_id=rendered.message_id
+        ).model_dump_json()
+        try:
+            outbox.insert(
+                db.NewMessage(
+                    id=message_id,
+                    mode="async",
+                    rendered=rendered,
+                    to=payload.to,
+                    subject=payload.subject,
+                    idempotency_scope=scope,
+                    request_hash=hashed,
+                    response_code=202,
+                    response_body=answer,
+                )
+            )
+        except db.IdempotencyKeyTaken:
+            worker.release()
+            return _replay_after_race(outbox, scope, hashed)
+        except db.DatabaseUnavailable:
+            worker.release()
+            metrics.rejected.labels("database_unavailable").inc()
+            logger.warning("database unavailable; answered 503")
+            raise _database_unavailable() from None
+        except BaseException:
+            worker.release()
+            raise
+        worker.enqueue(message_id)
+        metrics.accepted.labels("send_async").inc()
+        logger.debug("queued %s", message_id, extra={"message_id": rendered.message_id})
+        return Response(content=answer, status_code=202, media_type="application/json")
+
+    @app.post(
+        "/send",
+        response_model=SendResponse,
+        responses={
+            **SEND_RESPONSES,
+            500: {"model": SendResponse, "description": "The relay refused or failed"},
+            503: {"model": ErrorResponse, "description": "Database unavailable"},
+        },
+        tags=["mail"],
+    )
+    async def send(
+        payload: SendRequest,
+        client: SenderClientDep,
+        outbox: OutboxDep,
+        sync_sender: SyncSenderDep,
+        metrics: MetricsDep,
+        idempotency_key: IdempotencyKeyDep = None,
+    ) -> Response:
+        """Send now and answer with the outcome: 200 sent, 500 failed (retries included)."""
+        rendered, scope, hashed = accept(payload, client, idempotency_key, outbox)
+        if isinstance(rendered, Response):
+            return rendered
+        message_id = str(uuid.uuid4())
+        try:
+            outbox.insert(
+                db.NewMessage(
+                    id=message_id,
+                    mode="sync",
+                    rendered=rendered,
+                    to=payload.to,
+                    subject=payload.subject,
+                    idempotency_scope=scope,
+                    request_hash=hashed,
+                )
+            )
+        except db.IdempotencyKeyTaken:
+            return _replay_after_race(outbox, scope, hashed)
+        except db.DatabaseUnavailable:
+            metrics.rejected.labels("database_unavailable").inc()
+            logger.warning("database unavailable; answered 503")
+            raise _database_unavailable() from None
+        metrics.accepted.labels("send").inc()
+        code, answer = await run_in_threadpool(
+            _deliver_sync, settings, outbox, sync_sender, metrics, sleep, message_id, rendered
+        )
+        return Response(content=answer, status_code=code, media_type="application/json")
+
+    @app.get(
+        "/messages/{message_id}",
+        response_model=MessageStatus,
+        responses={
+            **ERROR_RESPONSES,
+            404: {"model": ErrorResponse, "description": "No message with this id"},
+            503: {"model": ErrorResponse, "description": "Database unavailable"},
+        },
+        tags=["mail"],
+    )
+    async def get_message(message_id: str, client: ClientDep, outbox: OutboxDep) -> MessageStatus:
+        """A message's record: status, attempts, last error, times. Never its body."""
+        try:
+            record = outbox.get(message_id)
+        except db.DatabaseUnavailable:
+            raise _database_unavailable() from None
+        if record is None:
+            raise HTTPException(status_code=404, detail="no message with this id")
+        return MessageStatus(
+            id=record.id,
+            status=record.status,
+            attempts=record.attempts,
+            last_error=record.last_error,
+            created_at=iso(record.created_at) or "",
+            updated_at=iso(record.updated_at) or "",
+            sent_at=iso(record.sent_at),
+            message_id=record.message_id,
+            to=record.to,
+            subject=record.subject,
+            rejected=[_rejected(item) for item in record.rejected],
+        )
+
+    if settings.metrics_enabled:
+
+        @app.get(
+            "/metrics",
+            tags=["service"],
+            response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+        )
+        async def metrics_endpoint(metrics: MetricsDep) -> Response:
+            """Prometheus text format (see service/metrics.py for the series)."""
+            return Response(content=metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _find_idempotent(outbox: db.Outbox, scope: str) -> db.IdempotencyRecord | None:
+    try:
+        return outbox.find_idempotent(scope)
+    except db.DatabaseUnavailable:
+        raise _database_unavailable() from None
+
+
+def _replay_after_race(outbox: db.Outbox, scope: str | None, hashed: str | None) -> Response:
+    """A concurrent request with the same key committed first: answer as a repeat of it."""
+    if scope is None or hashed is None:  # only keyed inserts can collide
+        raise RuntimeError("IdempotencyKeyTaken for a request without an Idempotency-Key")
+    record = _find_idempotent(outbox, scope)
+    if record is None:  # purged in between: vanishingly rare, and safe to retry
+        raise HTTPException(
+            status_code=409, detail="a request with this Idempotency-Key is still in progress"
+        )
+    return _replay(record, hashed)
+
+
+def _database_unavailable() -> HTTPException:
+    return HTTPException(
+        status_code=503,
+        detail="the database is unavailable; nothing was stored, retry later",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER)},
+    )
+
+
+def _rejected(item: mailer.RejectedRecipient) -> RejectedRecipientModel:
+    return RejectedRecipientModel(recipient=item.recipient, code=item.code, message=item.message)
+
+
+def _deliver_sync(
+    settings: Settings,
+    outbox: db.Outbox,
+    sync_sender: SyncSender,
+    metrics: Metrics,
+    sleep: Callable[[float], None],
+    message_id: str,
+    rendered: mailer.RenderedMessage,
+) -> tuple[int, str]:
+    """Runs in a worker thread: send with inline retries, record every attempt and the
+    answer (so an idempotent repeat can replay it). Returns (status code, JSON body)."""
+    attempts = 0
+    started = time.time()
+
+    def on_attempt(number: int, error: mailer.DeliveryError | None) -> None:
+        nonlocal attempts, started
+        attempts = number
+        final = error is None or not error.temporary or number > settings.smtp_max_retries
+        outcome = "sent" if error is None else ("failed" if final else "retried")
+        metrics.record_delivery(
+            "sync", outcome, error.code if error else None, time.time() - started
+        )
+        if not final:
+            # The last attempt is written by finish_sync together with the answer.
+            outbox.record_attempt(
+                db.Outcome(id=message_id, attempt=number, error=error, started_at=started)
+            )
+            started = time.time()
+
+    error: mailer.DeliveryError | None = None
+    rejected: list[mailer.RejectedRecipient] = []
+    try:
+        result = mailer.send_with_retries(
+            sync_sender.send,
+            rendered,
+            max_retries=settings.smtp_max_retries,
+            backoff_base=settings.smtp_backoff_base,
+            backoff_max=settings.smtp_backoff_max,
+            sleep=sleep,
+            on_attempt=on_attempt,
+        )
+        rejected = list(result.rejected)
+    except mailer.DeliveryError as exc:
+        error = exc
+        logger.warning("send failed: %s", exc.reply, extra={"message_id": rendered.message_id})
+    except Exception as exc:  # a bug, not a delivery failure: record it, answer 500
+        logger.exception(
+            "unexpected error while sending", extra={"message_id": rendered.message_id}
+        )
+        error = mailer.PermanentDeliveryError(f"internal error: {type(exc).__name__}")
+    response = SendResponse(
+        ok=error is None,
+        id=message_id,
+        status="sent" if error is None else "failed",
+        message_id=rendered.message_id,
+        error=None if error is None else error.reply,
+        rejected=[_rejected(item) for item in rejected],
+    )
+    code = 200 if error is None else 500
+    body = response.model_dump_json()
+    try:
+        outbox.finish_sync(
+            db.Outcome(
+                id=message_id,
+                attempt=max(attempts, 1),
+                error=error,
+                rejected=rejected,
+                started_at=started,
+            ),
+            code,
+            body,
+        )
+    except db.DatabaseUnavailable:
+        # The mail went (or failed) already; the answer stands. The row stays in
+        # `sending` until its lease expires and is then marked failed.
+        logger.error("could not record the outcome of %s", message_id)
+    return code, body
