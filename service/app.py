@@ -416,7 +416,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = db.make_engine(settings)
         try:
-            outbox = db.Outbox(engine)
+            outbox = db.Outbox(engine, lease_seconds=settings.lease_seconds)
             if settings.migrate_on_start:
                 outbox.create_schema()
             worker = MailQueueWorker(outbox, settings, sender_factory=sender_factory)
@@ -524,7 +524,7 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
         if idempotency_key is not None:
             scope = f"{client.fingerprint}:{idempotency_key}"
             hashed = request_hash(payload)
-            record = _find_idempotent(outbox, scope)
+            record = _find_idempotent(outbox, scope, settings)
             if record is not None:
                 return _replay(record, hashed), scope, hashed
         try:
@@ -594,7 +594,7 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
             )
         except db.IdempotencyKeyTaken:
             worker.release()
-            return _replay_after_race(outbox, scope, hashed)
+            return _replay_after_race(outbox, scope, hashed, settings)
         except db.DatabaseUnavailable:
             worker.release()
             metrics.rejected.labels("database_unavailable").inc()
@@ -644,7 +644,7 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
                 )
             )
         except db.IdempotencyKeyTaken:
-            return _replay_after_race(outbox, scope, hashed)
+            return _replay_after_race(outbox, scope, hashed, settings)
         except db.DatabaseUnavailable:
             metrics.rejected.labels("database_unavailable").inc()
             logger.warning("database unavailable; answered 503")
@@ -700,18 +700,25 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
             return Response(content=metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-def _find_idempotent(outbox: db.Outbox, scope: str) -> db.IdempotencyRecord | None:
+def _find_idempotent(
+    outbox: db.Outbox, scope: str, settings: Settings
+) -> db.IdempotencyRecord | None:
     try:
-        return outbox.find_idempotent(scope)
+        # Keys older than the TTL count as absent even before purge() removes them.
+        return outbox.find_idempotent(
+            scope, not_before=time.time() - settings.idempotency_ttl_seconds
+        )
     except db.DatabaseUnavailable:
         raise _database_unavailable() from None
 
 
-def _replay_after_race(outbox: db.Outbox, scope: str | None, hashed: str | None) -> Response:
+def _replay_after_race(
+    outbox: db.Outbox, scope: str | None, hashed: str | None, settings: Settings
+) -> Response:
     """A concurrent request with the same key committed first: answer as a repeat of it."""
     if scope is None or hashed is None:  # only keyed inserts can collide
         raise RuntimeError("IdempotencyKeyTaken for a request without an Idempotency-Key")
-    record = _find_idempotent(outbox, scope)
+    record = _find_idempotent(outbox, scope, settings)
     if record is None:  # purged in between: vanishingly rare, and safe to retry
         raise HTTPException(
             status_code=409, detail="a request with this Idempotency-Key is still in progress"

@@ -1,0 +1,107 @@
+"""Entry point: `python -m service` / `mail-service` runs the API under uvicorn.
+
+`mail-service migrate` creates or upgrades the database schema and exits. This is the
+only module that reads the environment and configures logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+__all__ = ["MessageIdFormatter", "configure_logging", "main"]
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class MessageIdFormatter(logging.Formatter):
+    """The plain format, plus ` message_id=<...>` when the record carries one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        message_id = getattr(record, "message_id", None)
+        return text if message_id is None else f"{text} message_id={message_id}"
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(MessageIdFormatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # uvicorn's loggers propagate to ours (we pass log_config=None).
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    # uvicorn handles SIGTERM itself (stops accepting, drains, runs the lifespan
+    # shutdown) and then re-raises the signal to the handler it found. That handler
+    # is this one: a finished graceful shutdown is a successful exit, status 0.
+    raise SystemExit(0)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="mail-service",
+        description="HTTP API that sends mail over SMTP. Configured by environment "
+        "variables (see the README).",
+    )
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("serve", help="run the HTTP API (the default)")
+    sub.add_parser("migrate", help="create or upgrade the database schema, then exit")
+    return parser.parse_args(argv)
+
+
+def migrate() -> None:
+    from service import db
+    from service.config import load_settings
+
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    engine = db.make_engine(settings)
+    try:
+        db.Outbox(engine).create_schema()
+    finally:
+        engine.dispose()
+    logging.getLogger(__name__).info("schema is up to date")
+
+
+def serve() -> None:
+    import uvicorn
+
+    from service.app import create_app
+    from service.config import load_settings
+
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    # Ctrl-C: uvicorn shuts down gracefully, then re-raises SIGINT as KeyboardInterrupt.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            access_log=settings.access_log,
+            log_config=None,
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+            server_header=False,
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parse(argv)
+    if args.command == "migrate":
+        migrate()
+    else:
+        serve()
+
+
+if __name__ == "__main__":
+    main()
