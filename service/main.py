@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import signal
 import sys
 from collections.abc import Sequence
@@ -90,7 +91,9 @@ def serve() -> None:
             port=settings.port,
             access_log=settings.access_log,
             log_config=None,
-            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+            # HTTP requests in flight get the grace period too (uvicorn takes whole
+            # seconds); the lifespan then gives the delivery threads theirs.
+            timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
             server_header=False,
         )
 
