@@ -1,0 +1,363 @@
+"""The SMTP side: an aiosmtpd protocol with fault hooks, and the handler that captures.
+
+Faults fail by *returning* a reply, never by raising: aiosmtpd turns an
+exception into a 500, a permanent error, which would silently break a test
+of a temporary one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hmac
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
+
+from fakesmtp import replies
+from fakesmtp.capture import CapturedMessage, MessageStore
+from fakesmtp.faults import FaultRule, FaultSet
+from fakesmtp.policies import Greylist, TokenBucket
+
+log = logging.getLogger("fakesmtp")
+
+HOSTNAME = "fakesmtp"
+IDENT = "fakesmtp ESMTP ready"
+
+
+def abort_transport(transport: asyncio.BaseTransport | None) -> None:
+    """Drop a connection at once, unsent data and all (close() would flush first)."""
+    if isinstance(transport, asyncio.Transport):
+        transport.abort()
+    elif transport is not None:
+        transport.close()
+
+
+@dataclass
+class ServerState:
+    """Everything the connections of one server share. Mutated on the loop thread only,
+    except ``faults`` and ``store``, which lock for the HTTP API and test threads."""
+
+    store: MessageStore
+    faults: FaultSet
+    auth: tuple[str, str] | None = None
+    latency: float = 0.0
+    implicit_tls: bool = False
+    blackhole: bool = False
+    max_per_connection: int | None = None
+    greylist: Greylist | None = None
+    rate_limit: TokenBucket | None = None
+    rate_limit_reply: replies.Reply = replies.RATE_LIMITED_TEMPORARY
+    sleep: Callable[[float], Any] = asyncio.sleep
+    connections: int = 0
+    active: set[FakeSMTPProtocol] = field(default_factory=set)
+    received: int = 0
+    faults_fired: int = 0
+    reply_counts: collections.Counter[str] = field(default_factory=collections.Counter)
+    errors: list[BaseException] = field(default_factory=list)
+    errors_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "connections": self.connections,
+            "active_connections": len(self.active),
+            "messages": self.received,
+            "stored": len(self.store),
+            "stored_total": self.store.stored_total,
+            "faults_fired": self.faults_fired,
+            "replies": dict(self.reply_counts),
+        }
+
+
+class FakeSMTPProtocol(SMTP):
+    """aiosmtpd's SMTP with fault rules at connect, ehlo and data, latency and drops."""
+
+    def __init__(self, state: ServerState, handler: FakeHandler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        # aiosmtpd keeps these limits in a class-level dict that every EHLO grows;
+        # a per-connection copy keeps one client's EHLOs from affecting another's.
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+        self._state = state
+        self._dropped = False
+        self._close_after_push = False
+        self.messages_accepted = 0
+
+    # connection bookkeeping -------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._original_transport is None and self not in self._state.active:
+            # Not the second call that STARTTLS makes for the TLS layer.
+            self._state.connections += 1
+            self._state.active.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._state.active.discard(self)
+        super().connection_lost(error)
+
+    @property
+    def uses_tls(self) -> bool:
+        return self._state.implicit_tls or self._tls_protocol is not None
+
+    def drop(self) -> None:
+        """Vanish without a reply, as a crashed or unplugged relay does."""
+        self._dropped = True
+        abort_transport(self.transport)
+
+    async def push(self, status: str | bytes) -> None:
+        if self._dropped:
+            return
+        line = status if isinstance(status, str) else status.decode("ascii", "replace")
+        final = len(line) < 4 or line[3] != "-"
+        if final:
+            # Count and delay once per reply, not per line of a multi-line reply.
+            self._state.reply_counts[line[:3]] += 1
+            if self._state.latency:
+                await self._state.sleep(self._state.latency)
+        if isinstance(status, str):
+            await super().push(status)
+        else:
+            await super().push(status)
+        if final and self._close_after_push and self.transport is not None:
+            self.transport.close()
+
+    async def fault_reply(self, rule: FaultRule) -> str | None:
+        """Carry out ``rule``: None to go on normally, else the reply to send instead."""
+        self._state.faults_fired += 1
+        if rule.action == "delay":
+            await self._state.sleep(rule.delay)
+            return None
+        if rule.action == "disconnect":
+            self.drop()
+            return ""
+        if rule.code == 421:
+            self._close_after_push = True
+        return rule.reply_line
+
+    def close_after_reply(self) -> None:
+        self._close_after_push = True
+
+    # stages aiosmtpd has no handler hook for ----------------------------------
+    async def _handle_client(self) -> None:
+        if self._state.faults:
+            rule = self._state.faults.pick("connect")
+            if rule is not None:
+                reply = await self.fault_reply(rule)
+                if reply is not None:
+                    # A refused greeting ends the session (RFC 5321 3.1 lets the
+                    # server close; clients give up on a non-220 greeting anyway).
+                    self._close_after_push = True
+                    if reply:
+                        await self.push(reply)
+                    return
+        await super()._handle_client()
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str | None) -> None:
+        envelope = self.envelope
+        assert envelope is not None
+        if self._state.faults and envelope.rcpt_tos and not arg:
+            addresses = [envelope.mail_from or "", *envelope.rcpt_tos]
+            rule = self._state.faults.pick("data", addresses)
+            if rule is not None:
+                reply = await self.fault_reply(rule)
+                if reply is not None:
+                    if reply:
+                        await self.push(reply)
+                    return
+        await super().smtp_DATA(arg)
+
+
+class FakeHandler:
+    """The aiosmtpd handler: faults at ehlo, auth, mail, rcpt and message; capture."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+
+    async def handle_HELO(
+        self, server: FakeSMTPProtocol, session: Session, envelope: Envelope, hostname: str
+    ) -> Any:
+        if self.state.faults:
+            rule = self.state.faults.pick("ehlo")
+            if rule is not None:
+                reply = await server.fault_reply(rule)
+                if reply is not None:
+                    return reply
+        return MISSING
+
+    async def handle_EHLO(
+        self,
+        server: FakeSMTPProtocol,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        if self.state.faults:
+            rule = self.state.faults.pick("ehlo")
+            if rule is not None:
+                reply = await server.fault_reply(rule)
+                if reply is not None:
+                    return [reply] if reply else []
+        session.host_name = hostname
+        return responses
+
+    async def handle_AUTH(
+        self, server: FakeSMTPProtocol, session: Session, envelope: Envelope, args: list[str]
+    ) -> Any:
+        if self.state.faults:
+            rule = self.state.faults.pick("auth")
+            if rule is not None:
+                reply = await server.fault_reply(rule)
+                if reply is not None:
+                    return reply
+        return MISSING
+
+    async def handle_MAIL(
+        self,
+        server: FakeSMTPProtocol,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> Any:
+        state = self.state
+        if state.faults:
+            rule = state.faults.pick("mail", (address,))
+            if rule is not None:
+                reply = await server.fault_reply(rule)
+                if reply is not None:
+                    return reply
+        if (
+            state.max_per_connection is not None
+            and server.messages_accepted >= state.max_per_connection
+        ):
+            server.close_after_reply()
+            return str(replies.TOO_MANY_MESSAGES)
+        if state.rate_limit is not None and not state.rate_limit.take():
+            if state.rate_limit_reply.closes:
+                server.close_after_reply()
+            return str(state.rate_limit_reply)
+        return MISSING
+
+    async def handle_RCPT(
+        self,
+        server: FakeSMTPProtocol,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> Any:
+        state = self.state
+        if state.faults:
+            rule = state.faults.pick("rcpt", (address,))
+            if rule is not None:
+                reply = await server.fault_reply(rule)
+                if reply is not None:
+                    return reply
+        if state.greylist is not None and not state.greylist.allows(
+            envelope.mail_from or "", address
+        ):
+            return str(replies.GREYLISTED)
+        return MISSING
+
+    async def handle_DATA(
+        self, server: FakeSMTPProtocol, session: Session, envelope: Envelope
+    ) -> Any:
+        state = self.state
+        mail_from: str = envelope.mail_from or ""
+        rcpt_tos: list[str] = envelope.rcpt_tos
+        custom: str | None = None
+        if state.faults:
+            rule = state.faults.pick("message", (mail_from, *rcpt_tos))
+            if rule is not None:
+                reply = await server.fault_reply(rule)
+                if reply is not None:
+                    if not reply or rule.code is None or rule.code >= 400:
+                        # Refused or dropped: the message was not accepted, so not kept.
+                        return reply
+                    custom = reply
+        state.received += 1
+        server.messages_accepted += 1
+        raw: bytes = envelope.original_content or b""
+        if state.blackhole:
+            message_id = state.store.next_id()
+        else:
+            # session.auth_data, not the deprecated login_data, which warns.
+            auth_data = session.auth_data
+            auth_user = (
+                auth_data.login.decode("utf-8", "replace")
+                if isinstance(auth_data, LoginPassword)
+                else None
+            )
+            tls = server.uses_tls
+            message_id = state.store.add(
+                lambda new_id: CapturedMessage(
+                    new_id, mail_from, list(rcpt_tos), raw, tls=tls, auth_user=auth_user
+                )
+            ).id
+        return custom or f"{replies.QUEUED.code} {replies.QUEUED.text % message_id}"
+
+    async def handle_exception(self, error: Exception) -> str:
+        # Surfaced when the server stops, so a bug here fails the test that hit it.
+        log.error("fakesmtp handler error: %r", error)
+        with self.state.errors_lock:
+            self.state.errors.append(error)
+        return str(replies.INTERNAL_ERROR)
+
+
+def make_authenticator(
+    state: ServerState,
+) -> Callable[[Any, Session, Envelope, str, Any], AuthResult]:
+    """Check AUTH PLAIN/LOGIN against ``state.auth``; without one, accept anyone (as Mailpit)."""
+
+    def authenticate(
+        server: Any, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        if state.auth is not None:
+            user, password = state.auth
+            ok_user = hmac.compare_digest(auth_data.login, user.encode("utf-8"))
+            ok_password = hmac.compare_digest(auth_data.password, password.encode("utf-8"))
+            if not (ok_user and ok_password):
+                return AuthResult(success=False, handled=False)
+        return AuthResult(success=True, auth_data=auth_data)
+
+    return authenticate
+
+
+def make_protocol_factory(
+    state: ServerState,
+    loop: asyncio.AbstractEventLoop,
+    *,
+    starttls_context: ssl.SSLContext | None,
+    require_tls: bool,
+    max_size: int | None,
+) -> Callable[[], FakeSMTPProtocol]:
+    handler = FakeHandler(state)
+    authenticator = make_authenticator(state)
+
+    def factory() -> FakeSMTPProtocol:
+        return FakeSMTPProtocol(
+            state,
+            handler,
+            data_size_limit=max_size,
+            enable_SMTPUTF8=True,
+            hostname=HOSTNAME,
+            ident="ESMTP ready",
+            tls_context=starttls_context,
+            require_starttls=require_tls and starttls_context is not None,
+            auth_required=state.auth is not None,
+            # Local development often runs AUTH without TLS; the service's own
+            # SMTP_SECURITY decides whether it insists on encryption.
+            auth_require_tls=False,
+            authenticator=authenticator,
+            loop=loop,
+        )
+
+    return factory

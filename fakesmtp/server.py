@@ -1,0 +1,302 @@
+"""FakeSMTPServer: the SMTP server and its HTTP API on one event loop in one background thread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import Any
+
+from fakesmtp import replies
+from fakesmtp.capture import CapturedMessage, MessageStore
+from fakesmtp.faults import FaultRule, FaultSet
+from fakesmtp.policies import Clock, Greylist, RateLimit, TokenBucket
+from fakesmtp.protocol import ServerState, abort_transport, make_protocol_factory
+
+log = logging.getLogger("fakesmtp")
+
+_START_TIMEOUT = 30.0
+_STOP_TIMEOUT = 15.0
+
+
+class FakeSMTPServer:
+    """A fake SMTP relay that captures mail and fails on purpose, run in a background thread.
+
+    Use it as a context manager (or ``start()``/``stop()``). ``port=0`` picks a
+    free port; ``http_port=None`` turns the HTTP API off and ``0`` picks a free
+    port for it. ``start`` returns once both are listening and re-raises any
+    error from the server thread; ``stop`` re-raises the first error a
+    connection handler hit, so a bug in the fake fails the test that found it.
+
+    Beyond the common options: ``greylist`` (seconds a sender/recipient pair
+    must wait before a retry is accepted), ``rate_limit`` (``"100/s"`` or a
+    :class:`RateLimit`; over it MAIL gets ``rate_limit_code``, 451 or 421),
+    ``max_per_connection`` (421 and close after that many messages on one
+    connection), ``blackhole`` (accept with 250 and keep nothing), and
+    ``clock``/``sleep`` for tests that must not wait in real time.
+    """
+
+    def __init__(
+        self,
+        port: int = 0,
+        http_port: int | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        implicit_tls: bool = False,
+        require_tls: bool = False,
+        auth: tuple[str, str] | None = None,
+        latency: float = 0.0,
+        faults: Iterable[FaultRule] = (),
+        seed: int | None = None,
+        max_messages: int = 10000,
+        max_size: int | None = None,
+        *,
+        host: str = "127.0.0.1",
+        greylist: float | None = None,
+        rate_limit: str | RateLimit | None = None,
+        rate_limit_code: int = 451,
+        max_per_connection: int | None = None,
+        blackhole: bool = False,
+        clock: Clock = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] | None = None,
+    ) -> None:
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if (implicit_tls or require_tls) and tls_cert is None:
+            raise ValueError("implicit_tls and require_tls need tls_cert and tls_key")
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        if max_size is not None and max_size < 1:
+            raise ValueError("max_size must be positive")
+        if latency < 0:
+            raise ValueError("latency must not be negative")
+        if max_per_connection is not None and max_per_connection < 1:
+            raise ValueError("max_per_connection must be at least 1")
+        if rate_limit_code not in (421, 451):
+            raise ValueError("rate_limit_code must be 421 or 451")
+        if greylist is not None and greylist < 0:
+            raise ValueError("greylist must not be negative")
+        self.host = host
+        self.port = port
+        self.http_port = http_port
+        self._tls_cert = tls_cert
+        self._tls_key = tls_key
+        self._implicit_tls = implicit_tls
+        self._require_tls = require_tls
+        self._max_size = max_size
+        self.seed = seed
+        limit = RateLimit.parse(rate_limit) if isinstance(rate_limit, str) else rate_limit
+        self._state = ServerState(
+            store=MessageStore(max_messages),
+            faults=FaultSet(random.Random(seed)),  # noqa: S311 - chaos, not security
+            auth=auth,
+            latency=latency,
+            implicit_tls=implicit_tls,
+            blackhole=blackhole,
+            max_per_connection=max_per_connection,
+            greylist=Greylist(greylist, clock) if greylist is not None else None,
+            rate_limit=TokenBucket(limit, clock) if limit is not None else None,
+            rate_limit_reply=(
+                replies.RATE_LIMITED_CLOSING
+                if rate_limit_code == 421
+                else replies.RATE_LIMITED_TEMPORARY
+            ),
+        )
+        if sleep is not None:
+            self._state.sleep = sleep
+        for rule in faults:
+            self._state.faults.add(rule)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    # life cycle ------------------------------------------------------------
+    @property
+    def http_url(self) -> str | None:
+        if self.http_port is None:
+            return None
+        return f"http://{self.host}:{self.http_port}"
+
+    def __enter__(self) -> FakeSMTPServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Never hide the test's own failure behind one of ours.
+        self.stop(raise_errors=exc_type is None)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("this FakeSMTPServer was already started")
+        self._thread = threading.Thread(target=self._run, name="fakesmtp", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(_START_TIMEOUT):
+            raise RuntimeError(f"fakesmtp did not start within {_START_TIMEOUT:.0f}s")
+        if self._error is not None:
+            self._thread.join(_STOP_TIMEOUT)
+            raise self._error
+
+    def stop(self, *, raise_errors: bool = True) -> None:
+        thread, loop, event = self._thread, self._loop, self._stop_event
+        if thread is None:
+            return
+        if loop is not None and event is not None and thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                loop.call_soon_threadsafe(event.set)
+        thread.join(_STOP_TIMEOUT)
+        if not raise_errors:
+            return
+        if self._error is not None:
+            raise self._error
+        with self._state.errors_lock:
+            errors = list(self._state.errors)
+        if errors:
+            raise errors[0]
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        loop.set_exception_handler(_quiet_exception_handler)
+        try:
+            loop.run_until_complete(self._serve())
+        except BaseException as exc:  # re-raised in start() or stop()
+            self._error = exc
+        finally:
+            self._ready.set()
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self._tls_cert is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self._tls_cert, self._tls_key)
+        return context
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        context = self._ssl_context()
+        factory = make_protocol_factory(
+            self._state,
+            loop,
+            starttls_context=None if self._implicit_tls else context,
+            require_tls=self._require_tls,
+            max_size=self._max_size,
+        )
+        smtp = await loop.create_server(
+            factory,
+            self.host,
+            self.port,
+            ssl=context if self._implicit_tls else None,
+            reuse_address=True,
+        )
+        self.port = smtp.sockets[0].getsockname()[1]
+        http_server = None
+        http_task: asyncio.Task[None] | None = None
+        try:
+            if self.http_port is not None:
+                http_server, http_task = await self._start_http()
+            self._ready.set()
+            await self._stop_event.wait()
+        finally:
+            smtp.close()
+            for protocol in list(self._state.active):
+                abort_transport(protocol.transport)
+            if http_server is not None and http_task is not None:
+                http_server.should_exit = True
+                await http_task
+            await smtp.wait_closed()
+
+    async def _start_http(self) -> tuple[Any, asyncio.Task[None]]:
+        import uvicorn  # imported here: only servers with an HTTP API pay for it
+
+        from fakesmtp.http import create_app
+
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.http_port or 0))
+        except OSError:
+            sock.close()
+            raise
+        self.http_port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(self),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("fakesmtp HTTP API stopped during start-up")
+            await asyncio.sleep(0.01)
+        return server, task
+
+    # captured mail -------------------------------------------------------------
+    def messages(self) -> list[CapturedMessage]:
+        """Captured messages, newest first (a snapshot)."""
+        return self._state.store.snapshot()
+
+    def message(self, message_id: str) -> CapturedMessage | None:
+        return self._state.store.get(message_id)
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[CapturedMessage]:
+        """Block until at least ``count`` messages are held; TimeoutError otherwise."""
+        return self._state.store.wait_for(count, timeout)
+
+    def clear_messages(self) -> None:
+        self._state.store.clear()
+
+    # faults --------------------------------------------------------------------
+    def add_fault(self, rule: FaultRule) -> str:
+        """Add a rule after the existing ones; returns its id."""
+        return self._state.faults.add(rule)
+
+    def remove_fault(self, rule_id: str) -> bool:
+        return self._state.faults.remove(rule_id)
+
+    def clear_faults(self) -> None:
+        self._state.faults.clear()
+
+    def faults(self) -> list[dict[str, Any]]:
+        """The rules in force, in order, with ``id``, ``remaining`` and ``fired``."""
+        return self._state.faults.snapshot()
+
+    def fault(self, rule_id: str) -> dict[str, Any] | None:
+        active = self._state.faults.get(rule_id)
+        return active.to_dict() if active is not None else None
+
+    # counters ------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Counts: connections, messages, stored, faults fired, replies by code."""
+        return self._state.stats()
+
+
+def _quiet_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    # Clients that vanish mid-handshake are everyday traffic for a fake relay;
+    # log them quietly instead of printing tracebacks over the test output.
+    exc = context.get("exception")
+    if isinstance(exc, ssl.SSLError | ConnectionError | OSError | asyncio.CancelledError):
+        log.debug("fakesmtp connection error: %s", context.get("message"))
+        return
+    loop.default_exception_handler(context)

@@ -1,0 +1,11 @@
+"""Fixtures for the fake SMTP server's own tests.
+
+The plugin's fixtures are imported here as well as registered through the
+``pytest11`` entry point, so this area runs before the package is installed.
+"""
+
+from __future__ import annotations
+
+from fakesmtp.pytest_plugin import fakesmtp, fakesmtp_factory
+
+__all__ = ["fakesmtp", "fakesmtp_factory"]
