@@ -574,7 +574,7 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
                 detail="shutting down; retry later",
                 headers={"Retry-After": str(SHUTDOWN_RETRY_AFTER)},
             ) from None
-        message_id = str(uuid.uuid4())
+        message_id = uuid.uuid4().hex
         answer = SendResponse(
             ok=True, id=message_id, status="queued", message_id=rendered.message_id
         ).model_dump_json()
@@ -630,7 +630,7 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
         rendered, scope, hashed = accept(payload, client, idempotency_key, outbox)
         if isinstance(rendered, Response):
             return rendered
-        message_id = str(uuid.uuid4())
+        message_id = uuid.uuid4().hex
         try:
             outbox.insert(
                 db.NewMessage(
