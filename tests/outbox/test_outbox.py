@@ -27,7 +27,7 @@ from .conftest import FakeClock, OutboxFactory, make_settings, new_message
 pytestmark = pytest.mark.unit
 
 
-# -- schema and engine --------------------------------------------------------------
+# -- schema and engine -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("synchronous", ["NORMAL", "FULL"])
@@ -78,7 +78,7 @@ def test_create_schema_makes_both_tables_and_the_queue_indexes_and_can_run_twice
     assert any(c["column_names"] == ["idempotency_scope"] for c in unique)
 
 
-# -- life cycle ----------------------------------------------------------------------
+# -- life cycle ------------------------------------------------------------------------
 
 
 def test_async_message_goes_queued_then_sending_then_sent_with_one_attempt_row(
@@ -123,11 +123,9 @@ def test_temporary_failure_requeues_with_retry_time_and_is_not_due_before_it(
 ) -> None:
     message = new_message()
     outbox.insert(message)
-    [claimed] = outbox.claim([message.id], "w", 30)
+    assert len(outbox.claim([message.id], "w", 30)) == 1
     error = TemporaryDeliveryError("4.7.1 Try later", code=451)
-    outbox.record_outcomes(
-        [Outcome(id=message.id, attempt=1, error=error, retry_at=clock() + 10)]
-    )
+    outbox.record_outcomes([Outcome(id=message.id, attempt=1, error=error, retry_at=clock() + 10)])
     record = outbox.get(message.id)
     assert record is not None
     assert (record.status, record.attempts) == ("queued", 1)
@@ -260,7 +258,7 @@ def test_get_unknown_id_is_none(outbox: Outbox) -> None:
     assert outbox.raw("f" * 32) is None
 
 
-# -- claiming under concurrency ----------------------------------------------------------
+# -- claiming under concurrency --------------------------------------------------------
 
 
 def test_eight_threads_claiming_2000_rows_claim_each_exactly_once(outbox: Outbox) -> None:
@@ -326,7 +324,7 @@ def test_eight_threads_claiming_2000_rows_claim_each_exactly_once(outbox: Outbox
     assert dict(statuses) == {"sending": 2000}
 
 
-# -- leases ------------------------------------------------------------------------------------
+# -- leases ----------------------------------------------------------------------------
 
 
 def test_expired_async_lease_goes_back_to_queued_and_sync_becomes_failed(
@@ -355,7 +353,7 @@ def test_expired_async_lease_goes_back_to_queued_and_sync_becomes_failed(
     assert outbox.reclaim_expired_leases() == 0
 
 
-# -- the synchronous path -------------------------------------------------------------------------
+# -- the synchronous path --------------------------------------------------------------
 
 
 def test_sync_message_is_inserted_sending_and_finished_with_its_answer(
@@ -399,7 +397,7 @@ def test_sync_failure_is_recorded_failed(outbox: Outbox) -> None:
     assert record.sent_at is None
 
 
-# -- idempotency ------------------------------------------------------------------------------------
+# -- idempotency -----------------------------------------------------------------------
 
 
 def test_concurrent_inserts_with_one_idempotency_key_store_one_message(outbox: Outbox) -> None:
@@ -475,7 +473,7 @@ def test_purge_drops_bodies_of_old_sent_messages_only(outbox: Outbox, clock: Fak
     assert record.status == "sent"  # the log row stays
 
 
-# -- the database failing ------------------------------------------------------------------------
+# -- the database failing --------------------------------------------------------------
 
 
 def test_insert_raises_database_unavailable_when_the_directory_is_removed(
