@@ -82,6 +82,11 @@ class FakeSMTPProtocol(SMTP):
         # aiosmtpd keeps these limits in a class-level dict that every EHLO grows;
         # a per-connection copy keeps one client's EHLOs from affecting another's.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+        # Local development runs AUTH without TLS too (the client's SMTP_SECURITY
+        # decides whether to insist on encryption). Passing auth_require_tls=False
+        # would make aiosmtpd warn on every connection, an error under pytest's
+        # warnings-as-errors, so the check is switched off after construction.
+        self._auth_require_tls = False
         self._state = state
         self._dropped = False
         self._close_after_push = False
@@ -353,9 +358,6 @@ def make_protocol_factory(
             tls_context=starttls_context,
             require_starttls=require_tls and starttls_context is not None,
             auth_required=state.auth is not None,
-            # Local development often runs AUTH without TLS; the service's own
-            # SMTP_SECURITY decides whether it insists on encryption.
-            auth_require_tls=False,
             authenticator=authenticator,
             loop=loop,
         )
