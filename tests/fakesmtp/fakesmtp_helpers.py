@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 from email import policy
@@ -23,7 +24,7 @@ def make_message(
     msg["From"] = sender
     msg["To"] = to
     msg["Subject"] = subject
-    msg["Message-ID"] = f"<{subject.replace(' ', '-')}@example.com>"
+    msg["Message-ID"] = f"<{re.sub('[^A-Za-z0-9]', '-', subject)}@example.com>"
     msg.set_content(body)
     if html is not None:
         msg.add_alternative(html, subtype="html")
