@@ -110,7 +110,8 @@ def test_cli_refuses_a_bad_fault_spec_with_a_clear_message() -> None:
         cwd=Path(__file__).resolve().parents[2],
     )
     assert result.returncode == 2
-    assert "--fault" in result.stderr and "action" in result.stderr
+    assert "--fault" in result.stderr
+    assert "action" in result.stderr
 
 
 def test_cli_reports_a_port_in_use(cli: list[CLIProcess]) -> None:

@@ -103,7 +103,9 @@ def test_faults_can_be_added_listed_and_removed_over_http(
     )
     assert response.status_code == 201
     rule = response.json()
-    assert rule["stage"] == "rcpt" and rule["code"] == 451 and rule["id"]
+    assert rule["stage"] == "rcpt"
+    assert rule["code"] == 451
+    assert rule["id"]
     assert http.get(f"/api/faults/{rule['id']}").json()["code"] == 451
     with smtplib.SMTP(server.host, server.port, timeout=5) as client:
         client.ehlo()
