@@ -114,6 +114,7 @@ _LONG_WORD = re.compile(r"\S{60,}")
 # RFC 5321 4.5.3.1.6: a text line is at most 998 octets plus CRLF.
 _MAX_LINE = 998
 
+_ASCII_BYTES = bytes(range(128))
 _COMPAT32 = email.policy.compat32.clone(linesep="\r\n")
 # The modern path: SMTP line endings, and 7bit transfer encodings so the message needs
 # no 8BITMIME; the SMTPUTF8 variant writes addresses as raw UTF-8 (RFC 6532).
@@ -205,7 +206,9 @@ def _charset_for(text: str) -> _charset.Charset | str:
     whichever is shorter for this text (the same choice policy.default makes)."""
     if text.isascii() and all(len(line) <= _MAX_LINE for line in text.splitlines()):
         return "us-ascii"
-    return _utf8_base64() if len(text.encode()) > 1.3 * len(text) else _utf8_qp()
+    data = text.encode()
+    high = len(data.translate(None, _ASCII_BYTES))  # bytes QP must write as "=XX"
+    return _utf8_qp() if len(data) + 2 * high <= len(data) * 4 / 3 else _utf8_base64()
 
 
 @functools.cache
@@ -402,7 +405,8 @@ def _classify(exc: BaseException, recipient: str | None) -> DeliveryError:
         return TemporaryDeliveryError(f"connection lost: {exc}", recipient=recipient)
     if isinstance(exc, ssl.SSLCertVerificationError):
         return PermanentDeliveryError(
-            f"TLS certificate not trusted: {exc.verify_message or exc}", recipient=recipient
+            f"TLS certificate not trusted: {getattr(exc, 'verify_message', None) or exc}",
+            recipient=recipient,
         )
     if isinstance(exc, ssl.SSLZeroReturnError | ssl.SSLEOFError):
         # The peer closed the connection under TLS: a lost connection, not a bad setup.
