@@ -1,0 +1,615 @@
+"""SMTPConnection, ConnectionPool and send_with_retries against fakesmtp fault rules,
+TLS, AUTH, and tiny hostile servers on raw sockets."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.smtp import TLSSetupException
+
+from fakesmtp import FakeSMTPServer, FaultRule
+from fakesmtp.certs import make_self_signed
+from service.mailer import (
+    ConnectionPool,
+    DeliveryError,
+    PermanentDeliveryError,
+    RejectedRecipient,
+    RenderedMessage,
+    SMTPConnection,
+    TemporaryDeliveryError,
+    render_message,
+    send_with_retries,
+)
+from service.models import SendRequest
+from tests.mailer.conftest import RawServer, settings_for
+
+pytestmark = pytest.mark.retry
+
+FakeFactory = Any  # fakesmtp.pytest_plugin.FakeSMTPFactory
+
+
+def message(
+    to: list[str] | None = None, *, subject: str = "Hello", **fields: Any
+) -> RenderedMessage:
+    request = SendRequest.model_validate(
+        {"to": to or ["rcpt@example.com"], "subject": subject, "body": "Body\n", **fields}
+    )
+    return render_message(request, default_from="sender@example.com")
+
+
+def retry(send: Any, msg: RenderedMessage, attempts: list[DeliveryError | None]) -> Any:
+    return send_with_retries(
+        send,
+        msg,
+        max_retries=3,
+        backoff_base=1.0,
+        backoff_max=60.0,
+        sleep=lambda _: None,  # no real backoff waits in tests
+        rng=random.Random(0),
+        on_attempt=lambda _n, err: attempts.append(err),
+    )
+
+
+@pytest.fixture
+def conn(fakesmtp: FakeSMTPServer) -> Any:
+    connection = SMTPConnection(settings_for(fakesmtp))
+    yield connection
+    connection.close()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    return make_self_signed(tmp_path_factory.mktemp("certs"))
+
+
+# ------------------------------------------------------------------- delivery
+
+
+def test_message_is_delivered_with_its_envelope(fakesmtp: FakeSMTPServer, conn: Any) -> None:
+    msg = message(["a@example.com"], cc=["c@example.com"], bcc=["b@example.com"])
+    assert conn.send(msg).rejected == []
+    [captured] = fakesmtp.wait_for(1)
+    assert captured.mail_from == "sender@example.com"
+    assert sorted(captured.rcpt_tos) == ["a@example.com", "b@example.com", "c@example.com"]
+    assert captured.message_id == msg.message_id
+    assert captured.subject == "Hello"
+    assert b"b@example.com" not in captured.raw
+
+
+def test_451_then_success_is_retried(fakesmtp: FakeSMTPServer, conn: Any) -> None:
+    fakesmtp.add_fault(FaultRule(stage="rcpt", code=451, message="4.7.1 Try later", times=1))
+    attempts: list[DeliveryError | None] = []
+    retry(conn.send, message(), attempts)
+    assert len(attempts) == 2
+    first = attempts[0]
+    assert isinstance(first, TemporaryDeliveryError)
+    assert (first.code, first.reply) == (451, "4.7.1 Try later")
+    assert attempts[1] is None
+    assert len(fakesmtp.wait_for(1)) == 1
+
+
+def test_550_is_permanent_and_not_retried(fakesmtp: FakeSMTPServer, conn: Any) -> None:
+    fakesmtp.add_fault(FaultRule(stage="rcpt", code=550, message="5.1.1 No such user"))
+    attempts: list[DeliveryError | None] = []
+    with pytest.raises(PermanentDeliveryError) as info:
+        retry(conn.send, message(["gone@example.com"]), attempts)
+    assert len(attempts) == 1
+    assert info.value.code == 550
+    assert info.value.recipient == "gone@example.com"
+    assert fakesmtp.messages() == []
+
+
+def test_refused_sender_is_classified_and_the_session_is_kept(
+    fakesmtp: FakeSMTPServer, conn: Any
+) -> None:
+    """A refusal at MAIL is followed by RSET, and the same session carries the next."""
+    fakesmtp.add_fault(FaultRule(stage="mail", code=553, message="5.7.1 Sender denied", times=1))
+    with pytest.raises(PermanentDeliveryError, match=r"553 5\.7\.1 Sender denied"):
+        conn.send(message())
+    conn.send(message())
+    assert len(fakesmtp.wait_for(1)) == 1
+    assert fakesmtp.stats()["connections"] == 1
+    assert conn.connections_opened == 1
+
+
+def test_refused_data_and_message_replies_are_classified(
+    fakesmtp: FakeSMTPServer, conn: Any
+) -> None:
+    fakesmtp.add_fault(
+        FaultRule(stage="data", code=554, message="5.5.1 No valid recipients", times=1)
+    )
+    with pytest.raises(PermanentDeliveryError, match="554"):
+        conn.send(message())
+    fakesmtp.add_fault(FaultRule(stage="message", code=452, message="4.3.1 Disk full", times=1))
+    with pytest.raises(TemporaryDeliveryError, match=r"452 4\.3\.1 Disk full"):
+        conn.send(message())
+    conn.send(message())
+    assert len(fakesmtp.wait_for(1)) == 1
+    assert fakesmtp.stats()["connections"] == 1
+
+
+def test_disconnect_mid_data_is_temporary_and_the_next_send_reconnects(
+    fakesmtp: FakeSMTPServer, conn: Any
+) -> None:
+    fakesmtp.add_fault(FaultRule(stage="message", action="disconnect", times=1))
+    with pytest.raises(TemporaryDeliveryError, match="connection lost"):
+        conn.send(message())
+    conn.send(message())
+    assert len(fakesmtp.wait_for(1)) == 1
+    assert conn.connections_opened == 2
+
+
+def test_disconnect_at_data_command_is_temporary(fakesmtp: FakeSMTPServer, conn: Any) -> None:
+    fakesmtp.add_fault(FaultRule(stage="data", action="disconnect", times=1))
+    with pytest.raises(TemporaryDeliveryError):
+        conn.send(message())
+
+
+def test_slow_reply_hits_smtp_timeout(fakesmtp_factory: FakeFactory) -> None:
+    server = fakesmtp_factory(faults=[FaultRule(stage="mail", action="delay", delay=3.0)])
+    connection = SMTPConnection(settings_for(server, smtp_timeout=0.5))
+    started = time.monotonic()
+    with pytest.raises(TemporaryDeliveryError, match="timed out"):
+        connection.send(message())
+    assert time.monotonic() - started < 2.5
+    connection.close()
+
+
+def test_connection_refused_is_temporary() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Nothing listens on `port` now.
+    connection = SMTPConnection(settings_for(smtp_port=port))
+    with pytest.raises(TemporaryDeliveryError, match="refused") as info:
+        connection.send(message())
+    assert isinstance(info.value.__cause__, ConnectionRefusedError)
+
+
+def test_greeting_refused_with_554_is_permanent(fakesmtp: FakeSMTPServer, conn: Any) -> None:
+    fakesmtp.add_fault(FaultRule(stage="connect", code=554, message="No service"))
+    with pytest.raises(PermanentDeliveryError, match="554"):
+        conn.send(message())
+
+
+def test_partial_rejection_is_reported_and_others_get_the_message(
+    fakesmtp: FakeSMTPServer, conn: Any
+) -> None:
+    fakesmtp.add_fault(
+        FaultRule(stage="rcpt", code=550, message="5.1.1 No such user", match="^bad@")
+    )
+    result = conn.send(message(["good@example.com", "bad@example.com", "fine@example.com"]))
+    assert result.rejected == [
+        RejectedRecipient("bad@example.com", 550, "5.1.1 No such user"),
+    ]
+    [captured] = fakesmtp.wait_for(1)
+    assert sorted(captured.rcpt_tos) == ["fine@example.com", "good@example.com"]
+
+
+def test_all_recipients_refused_raises_temporary_if_any_was_4xx(
+    fakesmtp: FakeSMTPServer, conn: Any
+) -> None:
+    fakesmtp.add_fault(FaultRule(stage="rcpt", code=550, message="5.1.1 No", match="^a@"))
+    fakesmtp.add_fault(FaultRule(stage="rcpt", code=452, message="4.2.2 Full", match="^b@"))
+    with pytest.raises(TemporaryDeliveryError) as info:
+        conn.send(message(["a@example.com", "b@example.com"]))
+    assert info.value.code == 452
+    assert "a@example.com: 550" in info.value.reply
+    fakesmtp.clear_faults()
+    conn.send(message())  # the session was reset and still works
+    assert fakesmtp.stats()["connections"] == 1
+
+
+def test_all_recipients_refused_permanently_raises_permanent(
+    fakesmtp: FakeSMTPServer, conn: Any
+) -> None:
+    fakesmtp.add_fault(FaultRule(stage="rcpt", code=550, message="5.1.1 No"))
+    with pytest.raises(PermanentDeliveryError):
+        conn.send(message(["a@example.com", "b@example.com"]))
+
+
+def test_421_to_rcpt_drops_the_session(fakesmtp: FakeSMTPServer, conn: Any) -> None:
+    fakesmtp.add_fault(FaultRule(stage="rcpt", code=421, message="4.3.2 Closing", times=1))
+    with pytest.raises(TemporaryDeliveryError, match="421"):
+        conn.send(message())
+    assert not conn.is_open
+    conn.send(message())
+    assert conn.connections_opened == 2
+
+
+def test_smtputf8_message_is_sent_with_smtputf8(fakesmtp: FakeSMTPServer, conn: Any) -> None:
+    msg = message(["José <josé@example.com>"])
+    assert msg.smtputf8
+    conn.send(msg)
+    [captured] = fakesmtp.wait_for(1)
+    assert captured.rcpt_tos == ["josé@example.com"]
+
+
+# ------------------------------------------------------------------ TLS and AUTH
+
+
+def test_starttls_with_self_signed_cert_and_ca_file(
+    fakesmtp_factory: FakeFactory, certs: tuple[str, str]
+) -> None:
+    cert, key = certs
+    server = fakesmtp_factory(tls_cert=cert, tls_key=key, require_tls=True)
+    connection = SMTPConnection(
+        settings_for(server, smtp_security="starttls", smtp_ca_file=cert, smtp_host="localhost")
+    )
+    connection.send(message())
+    connection.send(message())
+    connection.close()
+    captured = server.wait_for(2)
+    assert all(m.tls for m in captured)
+    assert server.stats()["connections"] == 1
+
+
+def test_implicit_tls(fakesmtp_factory: FakeFactory, certs: tuple[str, str]) -> None:
+    cert, key = certs
+    server = fakesmtp_factory(tls_cert=cert, tls_key=key, implicit_tls=True)
+    connection = SMTPConnection(settings_for(server, smtp_security="ssl", smtp_ca_file=cert))
+    connection.send(message())
+    connection.close()
+    assert server.wait_for(1)[0].tls
+
+
+def test_untrusted_certificate_is_permanent(certs: tuple[str, str]) -> None:
+    cert, key = certs
+    server = FakeSMTPServer(tls_cert=cert, tls_key=key)
+    server.start()
+    try:
+        connection = SMTPConnection(settings_for(server, smtp_security="starttls"))
+        with pytest.raises(PermanentDeliveryError, match="certificate"):
+            connection.send(message())
+        assert server.messages() == []
+    finally:
+        # fakesmtp records the handshake our client aborts as an internal error
+        # (aiosmtpd's TLSSetupException) and re-raises it at stop: that is the
+        # behaviour under test, not a fault of the fake.
+        with contextlib.suppress(TLSSetupException):
+            server.stop()
+
+
+def test_implicit_tls_untrusted_certificate_is_permanent(
+    fakesmtp_factory: FakeFactory, certs: tuple[str, str]
+) -> None:
+    cert, key = certs
+    server = fakesmtp_factory(tls_cert=cert, tls_key=key, implicit_tls=True)
+    connection = SMTPConnection(settings_for(server, smtp_security="ssl"))
+    with pytest.raises(PermanentDeliveryError, match="certificate"):
+        connection.send(message())
+
+
+def test_verify_tls_false_accepts_an_untrusted_certificate(
+    fakesmtp_factory: FakeFactory, certs: tuple[str, str]
+) -> None:
+    cert, key = certs
+    server = fakesmtp_factory(tls_cert=cert, tls_key=key)
+    connection = SMTPConnection(
+        settings_for(server, smtp_security="starttls", smtp_verify_tls=False)
+    )
+    connection.send(message())
+    connection.close()
+    assert server.wait_for(1)[0].tls
+
+
+def test_starttls_not_offered_is_a_permanent_failure_not_a_downgrade(
+    fakesmtp: FakeSMTPServer,
+) -> None:
+    connection = SMTPConnection(settings_for(fakesmtp, smtp_security="starttls"))
+    with pytest.raises(PermanentDeliveryError, match="does not offer STARTTLS"):
+        connection.send(message())
+    assert fakesmtp.messages() == []
+    assert not connection.is_open
+
+
+def test_ssl_against_a_plain_server_is_permanent(fakesmtp: FakeSMTPServer) -> None:
+    connection = SMTPConnection(settings_for(fakesmtp, smtp_security="ssl", smtp_timeout=2.0))
+    with pytest.raises(PermanentDeliveryError, match="TLS"):
+        connection.send(message())
+
+
+def test_missing_ca_file_is_permanent(fakesmtp: FakeSMTPServer, tmp_path: Path) -> None:
+    connection = SMTPConnection(
+        settings_for(fakesmtp, smtp_security="starttls", smtp_ca_file=tmp_path / "none.pem")
+    )
+    with pytest.raises(PermanentDeliveryError, match="SMTP_CA_FILE"):
+        connection.send(message())
+
+
+def test_auth_ok(fakesmtp_factory: FakeFactory, certs: tuple[str, str]) -> None:
+    cert, key = certs
+    server = fakesmtp_factory(tls_cert=cert, tls_key=key, auth=("user", "s3cret"))
+    connection = SMTPConnection(
+        settings_for(
+            server,
+            smtp_security="starttls",
+            smtp_ca_file=cert,
+            smtp_username="user",
+            smtp_password="s3cret",
+        )
+    )
+    connection.send(message())
+    connection.close()
+    assert server.wait_for(1)[0].auth_user == "user"
+
+
+def test_auth_rejected_is_permanent_535_and_hides_the_password(
+    fakesmtp_factory: FakeFactory,
+) -> None:
+    server = fakesmtp_factory(auth=("user", "right-password"))
+    connection = SMTPConnection(
+        settings_for(server, smtp_username="user", smtp_password="wrong-password")
+    )
+    attempts: list[DeliveryError | None] = []
+    with pytest.raises(PermanentDeliveryError) as info:
+        retry(connection.send, message(), attempts)
+    assert info.value.code == 535
+    assert len(attempts) == 1
+    assert "wrong-password" not in str(info.value)
+    assert server.messages() == []
+
+
+# ---------------------------------------------------------- connection reuse
+
+
+def test_one_connection_carries_many_messages(fakesmtp: FakeSMTPServer, conn: Any) -> None:
+    for i in range(10):
+        conn.send(message(subject=f"m{i}"))
+    assert len(fakesmtp.wait_for(10)) == 10
+    assert fakesmtp.stats()["connections"] == 1
+    assert conn.connections_opened == 1
+
+
+def test_per_connection_message_cap(fakesmtp: FakeSMTPServer) -> None:
+    connection = SMTPConnection(settings_for(fakesmtp, smtp_max_messages_per_connection=2))
+    for _ in range(5):
+        connection.send(message())
+    connection.close()
+    assert fakesmtp.stats()["connections"] == 3
+    assert len(fakesmtp.wait_for(5)) == 5
+
+
+def test_idle_connection_is_closed_and_replaced(fakesmtp: FakeSMTPServer) -> None:
+    now = [1000.0]
+    connection = SMTPConnection(
+        settings_for(fakesmtp, smtp_idle_timeout=30.0), clock=lambda: now[0]
+    )
+    connection.send(message())
+    now[0] += 29.0
+    connection.send(message())
+    assert connection.connections_opened == 1
+    now[0] += 31.0
+    connection.send(message())
+    assert connection.connections_opened == 2
+    connection.close()
+    assert fakesmtp.stats()["connections"] == 2
+
+
+def test_relay_cap_421_on_reused_connection_costs_no_attempt(
+    fakesmtp_factory: FakeFactory,
+) -> None:
+    """A relay that says 421 at MAIL after N messages: we reconnect inside send()."""
+    server = fakesmtp_factory(max_per_connection=2)
+    connection = SMTPConnection(settings_for(server))
+    for _ in range(5):
+        connection.send(message())  # never raises
+    connection.close()
+    assert len(server.wait_for(5)) == 5
+    assert server.stats()["connections"] == 3
+
+
+def test_server_side_close_while_idle_costs_no_attempt(fakesmtp: FakeSMTPServer, conn: Any) -> None:
+    conn.send(message())
+    # The relay drops the idle session: the next MAIL finds it gone.
+    fakesmtp.add_fault(FaultRule(stage="mail", action="disconnect", times=1))
+    conn.send(message())
+    assert len(fakesmtp.wait_for(2)) == 2
+    assert conn.connections_opened == 2
+
+
+def test_failure_at_mail_on_a_fresh_connection_is_reported(
+    fakesmtp: FakeSMTPServer, conn: Any
+) -> None:
+    """The stale-session retry is for reused sessions: a fresh one failing is news."""
+    fakesmtp.add_fault(FaultRule(stage="mail", action="disconnect", times=1))
+    with pytest.raises(TemporaryDeliveryError, match="connection lost"):
+        conn.send(message())
+    assert conn.connections_opened == 1
+    conn.send(message())
+    assert len(fakesmtp.wait_for(1)) == 1
+
+
+def test_stale_session_is_retried_only_once(fakesmtp: FakeSMTPServer, conn: Any) -> None:
+    conn.send(message())
+    fakesmtp.add_fault(FaultRule(stage="mail", action="disconnect", times=2))
+    with pytest.raises(TemporaryDeliveryError):
+        conn.send(message())
+    assert conn.connections_opened == 2
+    conn.send(message())
+    assert len(fakesmtp.wait_for(2)) == 2
+
+
+def test_421_at_mail_on_a_fresh_connection_is_temporary(
+    fakesmtp: FakeSMTPServer, conn: Any
+) -> None:
+    fakesmtp.add_fault(FaultRule(stage="mail", code=421, message="4.7.0 Busy", times=1))
+    with pytest.raises(TemporaryDeliveryError, match="421"):
+        conn.send(message())
+    assert not conn.is_open
+
+
+# ------------------------------------------------------------------- the pool
+
+
+def test_pool_reuses_connections_sequentially(fakesmtp: FakeSMTPServer) -> None:
+    pool = ConnectionPool(settings_for(fakesmtp))
+    for _ in range(5):
+        pool.send(message())
+    pool.close()
+    assert fakesmtp.stats()["connections"] == 1
+    assert len(fakesmtp.wait_for(5)) == 5
+
+
+def test_pool_serves_threads_concurrently(fakesmtp: FakeSMTPServer) -> None:
+    pool = ConnectionPool(settings_for(fakesmtp), max_idle=2)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(5):
+                pool.send(message())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    pool.close()
+    assert errors == []
+    assert len(fakesmtp.wait_for(20)) == 20
+    assert fakesmtp.stats()["connections"] <= 4 + 4  # at most one per thread, plus re-opens
+
+
+def test_pool_keeps_a_session_after_a_refusal_and_drops_a_broken_one(
+    fakesmtp: FakeSMTPServer,
+) -> None:
+    pool = ConnectionPool(settings_for(fakesmtp))
+    fakesmtp.add_fault(FaultRule(stage="rcpt", code=550, times=1))
+    with pytest.raises(PermanentDeliveryError):
+        pool.send(message())
+    pool.send(message())
+    assert fakesmtp.stats()["connections"] == 1
+    fakesmtp.add_fault(FaultRule(stage="message", action="disconnect", times=1))
+    with pytest.raises(TemporaryDeliveryError):
+        pool.send(message())
+    pool.send(message())
+    pool.close()
+    assert fakesmtp.stats()["connections"] == 2
+
+
+def test_pool_with_tls_shares_one_context(
+    fakesmtp_factory: FakeFactory, certs: tuple[str, str]
+) -> None:
+    cert, key = certs
+    server = fakesmtp_factory(tls_cert=cert, tls_key=key)
+    pool = ConnectionPool(settings_for(server, smtp_security="starttls", smtp_ca_file=cert))
+    pool.send(message())
+    pool.close()
+    assert server.wait_for(1)[0].tls
+
+
+def test_pool_close_closes_connections_returned_later(fakesmtp: FakeSMTPServer) -> None:
+    pool = ConnectionPool(settings_for(fakesmtp))
+    pool.close()
+    pool.send(message())  # a send racing close still works, its session is not kept
+    assert len(fakesmtp.wait_for(1)) == 1
+    deadline = time.monotonic() + 5
+    while fakesmtp.stats()["active_connections"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fakesmtp.stats()["active_connections"] == 0
+
+
+# ------------------------------------------------------------ hostile servers
+
+
+def _greet_then(conn: socket.socket, ehlo_reply: bytes) -> None:
+    conn.sendall(b"220 raw ESMTP\r\n")
+    conn.recv(1024)  # EHLO
+    conn.sendall(ehlo_reply)
+
+
+def test_server_that_never_answers_times_out(raw_server: RawServer) -> None:
+    def silent(conn: socket.socket, stop: threading.Event) -> None:
+        stop.wait()
+
+    port = raw_server(silent)
+    connection = SMTPConnection(settings_for(smtp_port=port, smtp_timeout=0.5))
+    started = time.monotonic()
+    with pytest.raises(TemporaryDeliveryError, match="timed out"):
+        connection.send(message())
+    assert time.monotonic() - started < 2.0
+
+
+def test_one_byte_per_tick_drip_is_bounded_by_an_overall_deadline(raw_server: RawServer) -> None:
+    """Each byte comes well within SMTP_TIMEOUT, so a per-recv timeout never fires;
+    the reply as a whole must still be complete within SMTP_TIMEOUT."""
+
+    def drip(conn: socket.socket, stop: threading.Event) -> None:
+        while not stop.wait(0.1):
+            conn.sendall(b"2")
+
+    port = raw_server(drip)
+    connection = SMTPConnection(settings_for(smtp_port=port, smtp_timeout=1.0))
+    started = time.monotonic()
+    with pytest.raises(TemporaryDeliveryError, match="timed out"):
+        connection.send(message())
+    assert time.monotonic() - started < 3.0
+
+
+def test_endless_line_is_cut_off(raw_server: RawServer) -> None:
+    def endless(conn: socket.socket, stop: threading.Event) -> None:
+        chunk = b"x" * 4096
+        while not stop.is_set():
+            conn.sendall(chunk)
+
+    port = raw_server(endless)
+    connection = SMTPConnection(settings_for(smtp_port=port, smtp_timeout=5.0))
+    with pytest.raises(TemporaryDeliveryError, match="longer than 8192 bytes"):
+        connection.send(message())
+
+
+def test_endless_multiline_reply_is_cut_off(raw_server: RawServer) -> None:
+    def endless(conn: socket.socket, stop: threading.Event) -> None:
+        while not stop.is_set():
+            conn.sendall(b"220-still greeting\r\n" * 50)
+
+    port = raw_server(endless)
+    connection = SMTPConnection(settings_for(smtp_port=port, smtp_timeout=5.0))
+    with pytest.raises(TemporaryDeliveryError, match="longer than 200 lines"):
+        connection.send(message())
+
+
+def test_garbage_greeting_is_temporary(raw_server: RawServer) -> None:
+    def garbage(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        stop.wait(1)
+
+    port = raw_server(garbage)
+    connection = SMTPConnection(settings_for(smtp_port=port, smtp_timeout=2.0))
+    with pytest.raises(TemporaryDeliveryError) as info:
+        connection.send(message())
+    assert info.value.code is None
+
+
+def test_smtputf8_not_offered_is_permanent_with_a_clear_text(raw_server: RawServer) -> None:
+    def no_smtputf8(conn: socket.socket, stop: threading.Event) -> None:
+        _greet_then(conn, b"250-raw\r\n250 8BITMIME\r\n")
+        conn.recv(1024)  # QUIT, or the client hanging up
+        conn.sendall(b"221 bye\r\n")
+
+    port = raw_server(no_smtputf8)
+    connection = SMTPConnection(settings_for(smtp_port=port))
+    with pytest.raises(PermanentDeliveryError, match="SMTPUTF8"):
+        connection.send(message(["josé@example.com"]))
+    connection.close()
+
+
+def test_auth_not_offered_with_credentials_set_is_permanent(raw_server: RawServer) -> None:
+    def no_auth(conn: socket.socket, stop: threading.Event) -> None:
+        _greet_then(conn, b"250 raw\r\n")
+        stop.wait(1)
+
+    port = raw_server(no_auth)
+    connection = SMTPConnection(settings_for(smtp_port=port, smtp_username="u", smtp_password="p"))
+    with pytest.raises(PermanentDeliveryError, match="AUTH"):
+        connection.send(message())
