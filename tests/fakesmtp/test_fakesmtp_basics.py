@@ -10,6 +10,7 @@ import pytest
 from fakesmtp_helpers import make_message
 
 from fakesmtp import FakeSMTPServer, replies
+from fakesmtp.pytest_plugin import FakeSMTPFactory
 
 pytestmark = pytest.mark.fakesmtp
 
@@ -73,7 +74,7 @@ def test_wait_for_wakes_when_a_message_arrives_from_another_thread(
     thread.join()
 
 
-def test_capture_is_bounded_and_drops_the_oldest(fakesmtp_factory) -> None:  # type: ignore[no-untyped-def]
+def test_capture_is_bounded_and_drops_the_oldest(fakesmtp_factory: FakeSMTPFactory) -> None:
     server = fakesmtp_factory(max_messages=3)
     with smtplib.SMTP(server.host, server.port, timeout=5) as client:
         for n in range(5):
@@ -91,7 +92,9 @@ def test_clear_messages_forgets_everything(fakesmtp: FakeSMTPServer) -> None:
     assert fakesmtp.messages() == []
 
 
-def test_message_over_max_size_is_refused_with_552_and_not_kept(fakesmtp_factory) -> None:  # type: ignore[no-untyped-def]
+def test_message_over_max_size_is_refused_with_552_and_not_kept(
+    fakesmtp_factory: FakeSMTPFactory,
+) -> None:
     server = fakesmtp_factory(max_size=2000)
     with smtplib.SMTP(server.host, server.port, timeout=5) as client:
         client.ehlo()

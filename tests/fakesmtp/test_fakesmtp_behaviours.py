@@ -11,6 +11,7 @@ from fakesmtp_helpers import make_message
 
 from fakesmtp import RateLimit, replies
 from fakesmtp.policies import Greylist, TokenBucket
+from fakesmtp.pytest_plugin import FakeSMTPFactory
 
 pytestmark = pytest.mark.fakesmtp
 
@@ -24,8 +25,8 @@ class FakeClock:
 
 
 def test_greylisting_refuses_the_first_attempt_and_accepts_a_later_retry(
-    fakesmtp_factory,
-) -> None:  # type: ignore[no-untyped-def]
+    fakesmtp_factory: FakeSMTPFactory,
+) -> None:
     clock = FakeClock()
     server = fakesmtp_factory(greylist=60, clock=clock)
     with smtplib.SMTP(server.host, server.port, timeout=5) as client:
@@ -58,7 +59,9 @@ def test_greylist_policy_keys_on_sender_and_recipient() -> None:
 
 
 @pytest.mark.parametrize("code", [451, 421])
-def test_rate_limit_is_a_token_bucket_over_mail_commands(fakesmtp_factory, code: int) -> None:  # type: ignore[no-untyped-def]
+def test_rate_limit_is_a_token_bucket_over_mail_commands(
+    fakesmtp_factory: FakeSMTPFactory, code: int
+) -> None:
     clock = FakeClock()
     server = fakesmtp_factory(rate_limit="3/s", rate_limit_code=code, clock=clock)
     sent = 0
@@ -111,7 +114,9 @@ def test_bad_rate_limits_are_refused(text: str) -> None:
         RateLimit.parse(text)
 
 
-def test_max_per_connection_answers_421_and_closes_after_n_messages(fakesmtp_factory) -> None:  # type: ignore[no-untyped-def]
+def test_max_per_connection_answers_421_and_closes_after_n_messages(
+    fakesmtp_factory: FakeSMTPFactory,
+) -> None:
     server = fakesmtp_factory(max_per_connection=2)
     with smtplib.SMTP(server.host, server.port, timeout=5) as client:
         for n in range(2):
@@ -128,7 +133,7 @@ def test_max_per_connection_answers_421_and_closes_after_n_messages(fakesmtp_fac
     assert len(server.messages()) == 3
 
 
-def test_blackhole_accepts_with_250_and_keeps_nothing(fakesmtp_factory) -> None:  # type: ignore[no-untyped-def]
+def test_blackhole_accepts_with_250_and_keeps_nothing(fakesmtp_factory: FakeSMTPFactory) -> None:
     server = fakesmtp_factory(blackhole=True)
     with smtplib.SMTP(server.host, server.port, timeout=5) as client:
         client.ehlo()
@@ -141,7 +146,7 @@ def test_blackhole_accepts_with_250_and_keeps_nothing(fakesmtp_factory) -> None:
     assert server.stats()["messages"] == 1
 
 
-def test_latency_delays_every_reply(fakesmtp_factory) -> None:  # type: ignore[no-untyped-def]
+def test_latency_delays_every_reply(fakesmtp_factory: FakeSMTPFactory) -> None:
     server = fakesmtp_factory(latency=0.1)
     started = time.monotonic()
     with smtplib.SMTP(server.host, server.port, timeout=5) as client:  # greeting
@@ -151,7 +156,7 @@ def test_latency_delays_every_reply(fakesmtp_factory) -> None:  # type: ignore[n
     assert time.monotonic() - started >= 0.4
 
 
-def test_delays_use_the_injected_sleep(fakesmtp_factory) -> None:  # type: ignore[no-untyped-def]
+def test_delays_use_the_injected_sleep(fakesmtp_factory: FakeSMTPFactory) -> None:
     slept: list[float] = []
 
     async def fake_sleep(seconds: float) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import smtplib
 import time
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from fakesmtp_helpers import make_message
@@ -38,7 +38,7 @@ def dialogue_until(server: FakeSMTPServer, stage: str) -> tuple[int, bytes]:
         try:
             reply = client.connect(server.host, server.port)
         except smtplib.SMTPConnectError as exc:
-            return exc.smtp_code, exc.smtp_error
+            return exc.smtp_code, cast(bytes, exc.smtp_error)
         if stage == "connect":
             return reply
         reply = client.ehlo()

@@ -10,12 +10,13 @@ import pytest
 from fakesmtp_helpers import make_message
 
 from fakesmtp import FakeSMTPServer
+from fakesmtp.pytest_plugin import FakeSMTPFactory
 
 pytestmark = pytest.mark.fakesmtp
 
 
 @pytest.fixture
-def server(fakesmtp_factory) -> FakeSMTPServer:  # type: ignore[no-untyped-def]
+def server(fakesmtp_factory: FakeSMTPFactory) -> FakeSMTPServer:
     result: FakeSMTPServer = fakesmtp_factory(http_port=0)
     return result
 

@@ -12,6 +12,7 @@ from fakesmtp_helpers import client_tls_context, make_message
 
 from fakesmtp import FakeSMTPServer, replies
 from fakesmtp.certs import make_self_signed
+from fakesmtp.pytest_plugin import FakeSMTPFactory
 
 pytestmark = pytest.mark.fakesmtp
 
@@ -29,8 +30,8 @@ def test_self_signed_certificate_is_written_with_a_private_key(tmp_path: Path) -
 
 
 def test_starttls_is_offered_and_upgrades_the_session(
-    fakesmtp_factory, cert: tuple[str, str]
-) -> None:  # type: ignore[no-untyped-def]
+    fakesmtp_factory: FakeSMTPFactory, cert: tuple[str, str]
+) -> None:
     server = fakesmtp_factory(tls_cert=cert[0], tls_key=cert[1])
     with smtplib.SMTP("localhost", server.port, timeout=5) as client:
         client.ehlo()
@@ -44,8 +45,8 @@ def test_starttls_is_offered_and_upgrades_the_session(
 
 
 def test_plain_session_on_a_starttls_server_is_marked_not_tls(
-    fakesmtp_factory, cert: tuple[str, str]
-) -> None:  # type: ignore[no-untyped-def]
+    fakesmtp_factory: FakeSMTPFactory, cert: tuple[str, str]
+) -> None:
     server = fakesmtp_factory(tls_cert=cert[0], tls_key=cert[1])
     with smtplib.SMTP(server.host, server.port, timeout=5) as client:
         client.sendmail("s@example.com", ["r@example.com"], make_message())
@@ -53,8 +54,8 @@ def test_plain_session_on_a_starttls_server_is_marked_not_tls(
 
 
 def test_require_tls_refuses_mail_before_starttls_with_530(
-    fakesmtp_factory, cert: tuple[str, str]
-) -> None:  # type: ignore[no-untyped-def]
+    fakesmtp_factory: FakeSMTPFactory, cert: tuple[str, str]
+) -> None:
     server = fakesmtp_factory(tls_cert=cert[0], tls_key=cert[1], require_tls=True)
     with smtplib.SMTP("localhost", server.port, timeout=5) as client:
         client.ehlo()
@@ -68,8 +69,8 @@ def test_require_tls_refuses_mail_before_starttls_with_530(
 
 
 def test_implicit_tls_speaks_tls_from_the_first_byte(
-    fakesmtp_factory, cert: tuple[str, str]
-) -> None:  # type: ignore[no-untyped-def]
+    fakesmtp_factory: FakeSMTPFactory, cert: tuple[str, str]
+) -> None:
     server = fakesmtp_factory(tls_cert=cert[0], tls_key=cert[1], implicit_tls=True)
     with smtplib.SMTP_SSL(
         "localhost", server.port, timeout=5, context=client_tls_context(cert[0])
@@ -78,14 +79,14 @@ def test_implicit_tls_speaks_tls_from_the_first_byte(
         assert not client.has_extn("starttls")
         client.sendmail("s@example.com", ["r@example.com"], make_message())
     assert server.messages()[0].tls is True
-    # A plain-text client gets no greeting it can read.
+    # A plain-text client gets no greeting: the server waits for a TLS hello.
     with pytest.raises((smtplib.SMTPServerDisconnected, ConnectionResetError)):
-        smtplib.SMTP(server.host, server.port, timeout=2)
+        smtplib.SMTP(server.host, server.port, timeout=0.5)
 
 
 def test_certificate_verification_fails_without_the_ca(
-    fakesmtp_factory, cert: tuple[str, str]
-) -> None:  # type: ignore[no-untyped-def]
+    fakesmtp_factory: FakeSMTPFactory, cert: tuple[str, str]
+) -> None:
     server = fakesmtp_factory(tls_cert=cert[0], tls_key=cert[1], implicit_tls=True)
     with pytest.raises(ssl.SSLCertVerificationError):
         smtplib.SMTP_SSL("localhost", server.port, timeout=5, context=ssl.create_default_context())
@@ -98,8 +99,8 @@ def test_certificate_verification_fails_without_the_ca(
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
 def test_auth_with_good_credentials_is_accepted_and_recorded(
-    fakesmtp_factory, mechanism: str
-) -> None:  # type: ignore[no-untyped-def]
+    fakesmtp_factory: FakeSMTPFactory, mechanism: str
+) -> None:
     server = fakesmtp_factory(auth=("alice", "s3cret"))
     with smtplib.SMTP(server.host, server.port, timeout=5) as client:
         client.ehlo()
@@ -112,7 +113,9 @@ def test_auth_with_good_credentials_is_accepted_and_recorded(
 
 
 @pytest.mark.parametrize(("user", "password"), [("alice", "wrong"), ("mallory", "s3cret")])
-def test_auth_with_bad_credentials_gets_535(fakesmtp_factory, user: str, password: str) -> None:  # type: ignore[no-untyped-def]
+def test_auth_with_bad_credentials_gets_535(
+    fakesmtp_factory: FakeSMTPFactory, user: str, password: str
+) -> None:
     server = fakesmtp_factory(auth=("alice", "s3cret"))
     with smtplib.SMTP(server.host, server.port, timeout=5) as client:
         with pytest.raises(smtplib.SMTPAuthenticationError) as info:
@@ -120,7 +123,7 @@ def test_auth_with_bad_credentials_gets_535(fakesmtp_factory, user: str, passwor
         assert info.value.smtp_code == replies.AUTH_INVALID.code
 
 
-def test_mail_before_auth_gets_530(fakesmtp_factory) -> None:  # type: ignore[no-untyped-def]
+def test_mail_before_auth_gets_530(fakesmtp_factory: FakeSMTPFactory) -> None:
     server = fakesmtp_factory(auth=("alice", "s3cret"))
     with smtplib.SMTP(server.host, server.port, timeout=5) as client:
         client.ehlo()
@@ -147,7 +150,9 @@ def test_auth_plain_with_garbage_is_a_syntax_error_not_a_crash(fakesmtp: FakeSMT
         assert client.noop()[0] == 250
 
 
-def test_auth_over_starttls_with_required_tls(fakesmtp_factory, cert: tuple[str, str]) -> None:  # type: ignore[no-untyped-def]
+def test_auth_over_starttls_with_required_tls(
+    fakesmtp_factory: FakeSMTPFactory, cert: tuple[str, str]
+) -> None:
     server = fakesmtp_factory(
         tls_cert=cert[0], tls_key=cert[1], require_tls=True, auth=("alice", "s3cret")
     )
