@@ -25,9 +25,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aiosmtpd.smtp import SMTP  # noqa: E402
+from aiosmtpd.smtp import SMTP
 
-from fakesmtp import FakeSMTPServer  # noqa: E402
+from fakesmtp import FakeSMTPServer
 
 MESSAGE = (
     b"From: bench@example.com\r\nTo: sink@example.com\r\nSubject: bench\r\n"
@@ -52,9 +52,7 @@ def bare_aiosmtpd() -> Iterator[int]:
         asyncio.set_event_loop(loop)
         handler = BareHandler()
         server = loop.run_until_complete(
-            loop.create_server(
-                lambda: SMTP(handler, hostname="bench", loop=loop), "127.0.0.1", 0
-            )
+            loop.create_server(lambda: SMTP(handler, hostname="bench", loop=loop), "127.0.0.1", 0)
         )
         port.append(server.sockets[0].getsockname()[1])
         ready.set()
