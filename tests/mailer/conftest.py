@@ -73,3 +73,30 @@ def raw_server() -> Iterator[RawServer]:
         listener.close()
     if errors:
         raise errors[0]
+
+
+def scripted_smtp(replies: dict[str, bytes], *, ehlo: bytes = b"250 raw\r\n") -> Handler:
+    """A minimal line-by-line SMTP server answering each verb from `replies` (default
+    `250 OK`): enough to script what fakesmtp cannot do, such as refusing RSET."""
+
+    def handler(conn: socket.socket, stop: threading.Event) -> None:
+        reader = conn.makefile("rb")
+        conn.sendall(b"220 raw ESMTP\r\n")
+        while not stop.is_set():
+            line = reader.readline()
+            if not line:
+                return
+            verb = line.split(b" ", 1)[0].strip().upper().decode()
+            if verb == "EHLO":
+                conn.sendall(ehlo)
+            elif verb == "DATA" and "DATA" not in replies:
+                conn.sendall(b"354 go on\r\n")
+                while reader.readline() not in (b".\r\n", b""):
+                    pass
+                conn.sendall(replies.get("DOT", b"250 OK queued\r\n"))
+            else:
+                conn.sendall(replies.get(verb, b"250 OK\r\n"))
+                if verb == "QUIT":
+                    return
+
+    return handler

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import random
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from aiosmtpd.smtp import TLSSetupException
 
 from fakesmtp import FakeSMTPServer, FaultRule
 from fakesmtp.certs import make_self_signed
+from service import mailer
 from service.mailer import (
     ConnectionPool,
     DeliveryError,
@@ -28,7 +30,7 @@ from service.mailer import (
     send_with_retries,
 )
 from service.models import SendRequest
-from tests.mailer.conftest import RawServer, settings_for
+from tests.mailer.conftest import RawServer, scripted_smtp, settings_for
 
 pytestmark = pytest.mark.retry
 
@@ -613,3 +615,116 @@ def test_auth_not_offered_with_credentials_set_is_permanent(raw_server: RawServe
     connection = SMTPConnection(settings_for(smtp_port=port, smtp_username="u", smtp_password="p"))
     with pytest.raises(PermanentDeliveryError, match="AUTH"):
         connection.send(message())
+
+
+def test_smtputf8_and_8bitmime_are_requested_when_offered(raw_server: RawServer) -> None:
+    seen: list[bytes] = []
+
+    def recording(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(b"220 raw ESMTP\r\n")
+        reader = conn.makefile("rb")
+        reader.readline()
+        conn.sendall(b"250-raw\r\n250-SMTPUTF8\r\n250-8BITMIME\r\n250 SIZE 100000\r\n")
+        seen.append(reader.readline())  # MAIL
+        conn.sendall(b"421 go away\r\n")
+
+    port = raw_server(recording)
+    connection = SMTPConnection(settings_for(smtp_port=port))
+    with pytest.raises(TemporaryDeliveryError):
+        connection.send(message(["josé@example.com"]))
+    [mail] = seen
+    assert mail.upper().startswith(b"MAIL FROM:<SENDER@EXAMPLE.COM>")
+    assert b" SMTPUTF8" in mail
+    assert b" BODY=8BITMIME" in mail
+    assert b" SIZE=" in mail
+
+
+def test_message_over_the_relay_size_limit_is_permanent(fakesmtp_factory: FakeFactory) -> None:
+    server = fakesmtp_factory(max_size=200)
+    connection = SMTPConnection(settings_for(server))
+    with pytest.raises(PermanentDeliveryError, match="552"):
+        connection.send(message(subject="x " * 200))
+    connection.close()
+
+
+def test_failed_rset_drops_the_session(raw_server: RawServer) -> None:
+    port = raw_server(
+        scripted_smtp({"RCPT": b"550 no such user\r\n", "RSET": b"502 not implemented\r\n"})
+    )
+    connection = SMTPConnection(settings_for(smtp_port=port))
+    with pytest.raises(PermanentDeliveryError, match="550"):
+        connection.send(message())
+    assert not connection.is_open
+
+
+def test_rset_that_gets_no_answer_drops_the_session(raw_server: RawServer) -> None:
+    port = raw_server(scripted_smtp({"MAIL": b"451 later\r\n", "RSET": b""}))
+    connection = SMTPConnection(settings_for(smtp_port=port, smtp_timeout=0.3))
+    with pytest.raises(TemporaryDeliveryError, match="451"):
+        connection.send(message())
+    assert not connection.is_open
+
+
+def test_connection_reset_while_reading_a_reply_is_temporary(raw_server: RawServer) -> None:
+    def reset(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(b"220 raw ESMTP\r\n")
+        conn.recv(1024)
+        # SO_LINGER 0: close() sends RST, so the client's recv fails with ECONNRESET.
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    port = raw_server(reset)
+    connection = SMTPConnection(settings_for(smtp_port=port))
+    with pytest.raises(TemporaryDeliveryError, match="connection lost"):
+        connection.send(message())
+
+
+def _accept_until_data(conn: socket.socket) -> Any:
+    reader = conn.makefile("rb")
+    conn.sendall(b"220 raw ESMTP\r\n")
+    for reply in (b"250 raw\r\n", b"250 OK\r\n", b"250 OK\r\n", b"354 go on\r\n"):
+        reader.readline()  # EHLO, MAIL, RCPT, DATA
+        conn.sendall(reply)
+    return reader
+
+
+def test_server_that_stops_reading_the_message_is_bounded(
+    raw_server: RawServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that never reads the message body cannot hold a thread for ever."""
+    monkeypatch.setattr(mailer, "_MIN_SEND_RATE", 1e12)  # the budget is SMTP_TIMEOUT alone
+
+    def stalls(conn: socket.socket, stop: threading.Event) -> None:
+        _accept_until_data(conn)
+        stop.wait()
+
+    port = raw_server(stalls)
+    connection = SMTPConnection(settings_for(smtp_port=port, smtp_timeout=0.5))
+    big = message()
+    big = RenderedMessage(big.message_id, big.mail_from, big.rcpt_tos, big.data + b"x" * 32_000_000)
+    started = time.monotonic()
+    with pytest.raises(TemporaryDeliveryError, match="timed out"):
+        connection.send(big)
+    assert time.monotonic() - started < 3.0
+
+
+def test_server_that_resets_during_the_message_is_temporary(raw_server: RawServer) -> None:
+    def resets(conn: socket.socket, stop: threading.Event) -> None:
+        reader = _accept_until_data(conn)
+        reader.read(1000)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    port = raw_server(resets)
+    connection = SMTPConnection(settings_for(smtp_port=port))
+    big = message()
+    big = RenderedMessage(big.message_id, big.mail_from, big.rcpt_tos, big.data + b"x" * 32_000_000)
+    with pytest.raises(TemporaryDeliveryError, match="connection lost"):
+        connection.send(big)
+
+
+def test_close_after_the_relay_went_away_does_not_raise(fakesmtp_factory: FakeFactory) -> None:
+    server = fakesmtp_factory()
+    connection = SMTPConnection(settings_for(server))
+    connection.send(message())
+    server.stop()
+    connection.close()  # QUIT fails; the socket is closed anyway
+    assert not connection.is_open
