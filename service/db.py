@@ -282,6 +282,75 @@ def _attempt_kind(error: DeliveryError | None) -> str:
     return "temporary" if error.temporary else "permanent"
 
 
+def _claim_statement(*, postgres: bool) -> sa.Update:
+    """queued and due -> sending for the ids in `b_ids`, returning what the sender needs."""
+    ids = sa.bindparam("b_ids", expanding=True, type_=sa.String)
+    now = sa.bindparam("b_now", type_=sa.Double)
+    if postgres:
+        # Lock the rows first and skip those another process holds, so two
+        # instances claiming the same ids neither wait nor both win.
+        locked = (
+            sa.select(_m.id)
+            .where(
+                _m.id.in_(ids),
+                _m.status == "queued",
+                _m.mode == "async",
+                _m.next_attempt_at <= now,
+            )
+            .with_for_update(skip_locked=True)
+        )
+        where: sa.ColumnElement[bool] = _m.id.in_(locked.scalar_subquery())
+    else:
+        # SQLite has one writer at a time: the UPDATE itself is the lock. Its
+        # planner, without statistics, would walk the (status, next_attempt_at)
+        # index over the whole backlog; `status || ''` and `next_attempt_at + 0`
+        # rule that index out, so the few ids are looked up by primary key.
+        where = sa.and_(
+            _m.id.in_(ids),
+            _m.status.concat("") == "queued",
+            _m.mode == "async",
+            _m.next_attempt_at + 0 <= now,
+        )
+    return (
+        messages_table.update()
+        .where(where)
+        .values(
+            status="sending",
+            attempts=_m.attempts + 1,
+            lease_until=sa.bindparam("b_lease_until", type_=sa.Double),
+            owner=sa.bindparam("b_owner", type_=sa.Text),
+            updated_at=now,
+        )
+        .returning(
+            _m.id, _m.attempts, _m.mail_from, _m.rcpt_tos, _m.message_id, _m.smtputf8, _m.raw
+        )
+    )
+
+
+def _outcome_statement() -> sa.Update:
+    """One row per outcome (executemany). A status is only written while the row is
+    still in `sending` under the same attempt, so a stale worker cannot clobber it."""
+    return (
+        messages_table.update()
+        .where(
+            _m.id == sa.bindparam("b_id"),
+            _m.status == "sending",
+            _m.attempts == sa.bindparam("b_attempt"),
+        )
+        .values(
+            status=sa.bindparam("status"),
+            last_error=sa.bindparam("last_error"),
+            last_code=sa.bindparam("last_code"),
+            rejected=sa.bindparam("rejected"),
+            sent_at=sa.bindparam("sent_at"),
+            next_attempt_at=sa.bindparam("next_attempt_at"),
+            lease_until=None,
+            owner=None,
+            updated_at=sa.bindparam("b_now"),
+        )
+    )
+
+
 class Outbox:
     """All reads and writes of the message log. Thread-safe (one engine, pooled).
 
@@ -304,6 +373,11 @@ class Outbox:
         self._postgres = engine.dialect.name == "postgresql"
         self._sqlite_path = _sqlite_path(engine)
         self._sqlite_inode: int | None = None
+        # The delivery path's statements are built once: constructing a Core
+        # statement costs more CPU than SQLite takes to run it.
+        self._claim_statement = _claim_statement(postgres=self._postgres)
+        self._outcome_statement = _outcome_statement()
+        self._attempt_insert = attempts_table.insert()
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -434,7 +508,7 @@ class Outbox:
                     lease_until=wait_until + self._lease_seconds,
                 )
             )
-            conn.execute(attempts_table.insert(), [self._attempt_row(outcome, now)])
+            conn.execute(self._attempt_insert, [self._attempt_row(outcome, now)])
 
     def finish_sync(self, outcome: Outcome, response_code: int, response_body: str) -> None:
         """Record the final outcome of a synchronous send and the answer given."""
@@ -458,7 +532,7 @@ class Outbox:
                     response_body=response_body,
                 )
             )
-            conn.execute(attempts_table.insert(), [self._attempt_row(outcome, now)])
+            conn.execute(self._attempt_insert, [self._attempt_row(outcome, now)])
 
     # -- the delivery path --------------------------------------------------------------
 
@@ -467,36 +541,14 @@ class Outbox:
         if not ids:
             return []
         now = self._clock()
-        wanted = sa.and_(
-            _m.id.in_(list(ids)),
-            _m.status == "queued",
-            _m.mode == "async",
-            _m.next_attempt_at <= now,
-        )
-        if self._postgres:
-            # Lock the rows first and skip those another process holds, so two
-            # instances claiming the same ids neither wait nor both win.
-            locked = sa.select(_m.id).where(wanted).with_for_update(skip_locked=True)
-            where: sa.ColumnElement[bool] = _m.id.in_(locked.scalar_subquery())
-        else:
-            # SQLite has one writer at a time: the UPDATE itself is the lock.
-            where = wanted
-        statement = (
-            messages_table.update()
-            .where(where)
-            .values(
-                status="sending",
-                attempts=_m.attempts + 1,
-                lease_until=now + lease_seconds,
-                owner=owner,
-                updated_at=now,
-            )
-            .returning(
-                _m.id, _m.attempts, _m.mail_from, _m.rcpt_tos, _m.message_id, _m.smtputf8, _m.raw
-            )
-        )
+        params = {
+            "b_ids": list(ids),
+            "b_now": now,
+            "b_lease_until": now + lease_seconds,
+            "b_owner": owner,
+        }
         with self._tx() as conn:
-            rows = list(conn.execute(statement).all())
+            rows = list(conn.execute(self._claim_statement, params).all())
         order = {message_id: n for n, message_id in enumerate(ids)}
         rows.sort(key=lambda row: order.get(row.id, 0))
         return [
@@ -576,30 +628,12 @@ class Outbox:
                     "rejected": _rejected_json(outcome.rejected),
                     "sent_at": now if error is None else None,
                     "next_attempt_at": outcome.retry_at if status == "queued" else None,
+                    "b_now": now,
                 }
             )
-        statement = (
-            messages_table.update()
-            .where(
-                _m.id == sa.bindparam("b_id"),
-                _m.status == "sending",
-                _m.attempts == sa.bindparam("b_attempt"),
-            )
-            .values(
-                status=sa.bindparam("status"),
-                last_error=sa.bindparam("last_error"),
-                last_code=sa.bindparam("last_code"),
-                rejected=sa.bindparam("rejected"),
-                sent_at=sa.bindparam("sent_at"),
-                next_attempt_at=sa.bindparam("next_attempt_at"),
-                lease_until=None,
-                owner=None,
-                updated_at=now,
-            )
-        )
         with self._tx() as conn:
-            conn.execute(statement, updates)
-            conn.execute(attempts_table.insert(), [self._attempt_row(o, now) for o in outcomes])
+            conn.execute(self._outcome_statement, updates)
+            conn.execute(self._attempt_insert, [self._attempt_row(o, now) for o in outcomes])
 
     def due_ids(self, limit: int) -> list[str]:
         """Ids of async messages that are queued and due now, oldest due first."""
