@@ -17,7 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
+from aiosmtpd.smtp import (
+    MISSING,
+    SMTP,
+    AuthResult,
+    Envelope,
+    LoginPassword,
+    Session,
+    TLSSetupException,
+    syntax,
+)
 
 from fakesmtp import replies
 from fakesmtp.capture import CapturedMessage, MessageStore
@@ -308,6 +317,12 @@ class FakeHandler:
         return custom or f"{replies.QUEUED.code} {replies.QUEUED.text % message_id}"
 
     async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            # The client refused our certificate or hung up during the handshake:
+            # its decision, not a bug in the server (e.g. a client that verifies
+            # certificates meeting our self-signed one).
+            log.info("fakesmtp TLS handshake failed: %r", error.__cause__)
+            return str(replies.TLS_FAILED)
         # Surfaced when the server stops, so a bug here fails the test that hit it.
         log.error("fakesmtp handler error: %r", error)
         with self.state.errors_lock:
