@@ -111,9 +111,9 @@ class Harness:
 
 @pytest.fixture
 def harness(
-    sqlite_url: str, smtp: FakeSMTPServer, clock: FakeClock, outbox_factory: OutboxFactory
+    database_url: str, smtp: FakeSMTPServer, clock: FakeClock, outbox_factory: OutboxFactory
 ) -> Iterator[Harness]:
-    h = Harness(sqlite_url, smtp, clock, outbox_factory)
+    h = Harness(database_url, smtp, clock, outbox_factory)
     try:
         yield h
     finally:
@@ -152,6 +152,24 @@ def test_every_message_is_delivered_exactly_once(harness: Harness) -> None:
         assert status(outbox, message.id) == ("sent", 1)
     wait_until(lambda: worker.backlog == 0, what="backlog back to 0")
     assert worker.queue_depth == 0
+
+
+def test_two_instances_on_one_database_deliver_each_message_once(
+    harness: Harness, outbox_factory: OutboxFactory
+) -> None:
+    """Both workers are offered every id (their schedulers see the whole table)."""
+    first, first_outbox = harness.worker(worker_concurrency=2)
+    second, _ = harness.worker(outbox=outbox_factory(harness.url), worker_concurrency=2)
+    messages = [new_message(recipient=f"r{n}@example.com") for n in range(100)]
+    for message in messages:
+        first_outbox.insert(message)
+    first.start()
+    second.start()
+    harness.smtp.wait_for(100)
+    wait_until(lambda: first_outbox.count_unfinished() == 0, what="all recorded")
+    received = harness.received()
+    assert set(received) == {m.rendered.message_id for m in messages}
+    assert max(received.values()) == 1
 
 
 def test_451_waits_its_backoff_in_the_database_while_the_only_thread_keeps_delivering(
