@@ -1,6 +1,6 @@
 """How long render_message takes, against the email package's two classic ways.
 
-Run: .venv/bin/python bench/render_bench.py [--number N]
+Run: python bench/render_bench.py [--number N]   (package installed, or PYTHONPATH=.)
 
 Prints microseconds per message (best of 5 runs) for a typical small message:
 - render_message, text only and text+html (our code: validation, parsing, headers);

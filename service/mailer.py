@@ -108,9 +108,8 @@ class SendResult:
 _HEADER_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 # RFC 5322 3.6.8: field-name = 1*ftext, ftext = printable US-ASCII except ":".
 _FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]{1,76}")
-# compat32 folds only at whitespace: a word this long could leave a header line over
-# 78 characters, so such a message takes the modern policy, which encodes and splits.
-_LONG_WORD = re.compile(r"\S{60,}")
+# RFC 5322 2.1.1: header lines SHOULD stay within 78 characters.
+_FOLD_WIDTH = 78
 # RFC 5321 4.5.3.1.6: a text line is at most 998 octets plus CRLF.
 _MAX_LINE = 998
 
@@ -194,6 +193,18 @@ def _extra_headers(headers: dict[str, str]) -> list[tuple[str, str]]:
         seen.add(lower)
         _check_header_text(f"header {name}", value)
     return list(headers.items())
+
+
+def _compat32_folds(name: str, value: str) -> bool:
+    """Whether compat32 can fold this header within 78 columns.
+
+    compat32 folds only at whitespace. A word too long for the first line after
+    "Name: " is pushed to a continuation line, leaving a value that unfolds with a
+    leading space; one longer than a whole line is left over-long. Either way the
+    message takes the modern policy, which splits long words into encoded-words.
+    """
+    limit = _FOLD_WIDTH - len(name) - 2
+    return all(len(word) <= limit for word in value.split())
 
 
 def _format(address: _Address) -> str:
@@ -328,7 +339,12 @@ def render_message(
             ("Message-ID", message_id),
         ]
         plain = [(n, v) for n, v in plain if v or n == "Subject"] + extra
-        if any(_LONG_WORD.search(value) for _, value in plain):
+        # Only text that may be split matters: an addr-spec or a Message-ID is one
+        # unbreakable token on either path. "Reply-To" stands for every address header
+        # (the longest name).
+        foldable = [("Subject", request.subject), *extra]
+        foldable += [("Reply-To", a.display_name) for a in (sender, *to, *cc, *reply_to)]
+        if not all(_compat32_folds(name, value) for name, value in foldable):
             data = _render_policy(list(plain), request.body, request.html, utf8=False)
         else:
             data = _render_compat32(plain, request.body, request.html)

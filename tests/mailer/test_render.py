@@ -268,6 +268,33 @@ def test_subject_with_an_unbreakable_word_is_still_folded() -> None:
     assert_wire_format(rendered.data)
 
 
+@pytest.mark.parametrize("length", [76, 77, 78, 79, 120])
+def test_words_around_the_fold_limit_keep_header_lines_within_78(length: int) -> None:
+    """The fast path hands over to the modern policy exactly where compat32 would
+    write a line of text over 78 characters; long addresses alone do not."""
+    word = "w" * length
+    # An address that is one word of `length` characters too (labels are <= 63).
+    labels = "d" * (length - len("someone@") - len(".example.com"))
+    domain = ".".join(labels[i : i + 60] for i in range(0, len(labels), 60)) + ".example.com"
+    domain = domain.replace("..", ".")
+    rendered = render_message(
+        make(subject=word, headers={"X-Token": word}, to=[f"someone@{domain}"]),
+        default_from=f"sender@{domain}",
+    )
+    assert_wire_format(rendered.data)
+    lines = header_lines(rendered.data)
+    # Text is folded within 78 columns; an address or Message-ID is one token that no
+    # folding can split, so only the 998 limit applies to its line.
+    unbreakable = (b"From:", b"To:", b"Message-ID:", b" sender@", b" someone@", b" <")
+    assert max(len(line) for line in lines if not line.startswith(unbreakable)) <= 78
+    msg = parse(rendered)
+    # A word too long for the first line starts on the next one ("Subject:" CRLF SP
+    # word): the parser keeps that folding space, mail readers strip it.
+    assert msg["Subject"].strip() == word
+    assert msg["X-Token"].strip() == word
+    assert msg["Message-ID"] == rendered.message_id
+
+
 def test_many_recipients_fold_at_commas() -> None:
     to = [f"Person Number {i} <person{i}@example.com>" for i in range(40)]
     rendered = render_message(make(to=to), default_from=DEFAULT_FROM)
@@ -347,6 +374,7 @@ def test_any_subject_and_body_round_trip_on_the_wire(subject: str, body: str) ->
     rendered = render_message(make(subject=subject, body=body), default_from=DEFAULT_FROM)
     assert_wire_format(rendered.data)
     assert rendered.data.isascii()
+    assert max(len(line) for line in header_lines(rendered.data)) <= 78
     msg = parse(rendered)
     assert msg["Subject"] == subject.strip() or str(msg["Subject"]).strip() == " ".join(
         subject.split()
