@@ -54,6 +54,8 @@ _RETRY_AFTER_MIN = 1
 _RETRY_AFTER_MAX = 60
 _RETRY_AFTER_UNKNOWN = 5  # nothing finished lately (relay down?): come back soon, cheaply
 _RATE_WINDOW = 10.0
+# How many already-queued ids the scheduler's due query may look past.
+_LOOK_PAST = 1000
 
 
 class QueueFull(Exception):
@@ -446,7 +448,11 @@ class MailQueueWorker:
             return
         with self._lock:
             waiting = len(self._pending)
-        for message_id in self._outbox.due_ids(room + waiting):
+        # Ids already waiting here are among the oldest due, so they come first;
+        # look past a bounded number of them. With a larger local backlog, what
+        # lies beyond is found once the queue has drained (oldest due first).
+        limit = room + min(waiting, _LOOK_PAST)
+        for message_id in self._outbox.due_ids(limit):
             if not self._offer(message_id) and self._queue.full():
                 break
 
