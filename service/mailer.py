@@ -311,9 +311,14 @@ def render_message(
     message_id = f"<{uuid.uuid4().hex}@{sender.domain}>"
     date = format_datetime(now or datetime.now(UTC))
 
-    if smtputf8:
-        # Non-ASCII local parts cannot be RFC 2047-encoded: the headers must carry raw
-        # UTF-8, which only the modern policy writes.
+    # Only text that may be split matters for folding: an addr-spec or a Message-ID is
+    # one unbreakable token on either path. "Reply-To" stands for every address header
+    # (the longest name).
+    foldable = [("Subject", request.subject), *extra]
+    foldable += [("Reply-To", a.display_name) for a in (sender, *to, *cc, *reply_to)]
+    if smtputf8 or not all(_compat32_folds(name, value) for name, value in foldable):
+        # The modern policy: it writes non-ASCII local parts as raw UTF-8 (RFC 6532;
+        # they cannot be RFC 2047-encoded) and splits over-long words.
         def addresses(items: list[_Address]) -> list[Address]:
             return [Address(a.display_name, a.local, a.domain) for a in items]
 
@@ -327,7 +332,7 @@ def render_message(
             ("Message-ID", message_id),
         ]
         modern = [(n, v) for n, v in modern if v or n == "Subject"] + list(extra)
-        data = _render_policy(modern, request.body, request.html, utf8=True)
+        data = _render_policy(modern, request.body, request.html, utf8=smtputf8)
     else:
         plain = [
             ("Date", date),
@@ -339,15 +344,7 @@ def render_message(
             ("Message-ID", message_id),
         ]
         plain = [(n, v) for n, v in plain if v or n == "Subject"] + extra
-        # Only text that may be split matters: an addr-spec or a Message-ID is one
-        # unbreakable token on either path. "Reply-To" stands for every address header
-        # (the longest name).
-        foldable = [("Subject", request.subject), *extra]
-        foldable += [("Reply-To", a.display_name) for a in (sender, *to, *cc, *reply_to)]
-        if not all(_compat32_folds(name, value) for name, value in foldable):
-            data = _render_policy(list(plain), request.body, request.html, utf8=False)
-        else:
-            data = _render_compat32(plain, request.body, request.html)
+        data = _render_compat32(plain, request.body, request.html)
     return RenderedMessage(
         message_id=message_id,
         mail_from=sender.addr_spec,

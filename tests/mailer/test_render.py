@@ -6,6 +6,7 @@ import email
 import email.policy
 import re
 from datetime import UTC, datetime
+from email.header import decode_header, make_header
 from email.message import EmailMessage, MIMEPart
 from typing import Any
 
@@ -293,6 +294,23 @@ def test_words_around_the_fold_limit_keep_header_lines_within_78(length: int) ->
     assert msg["Subject"].strip() == word
     assert msg["X-Token"].strip() == word
     assert msg["Message-ID"] == rendered.message_id
+
+
+def test_long_display_names_fold_and_survive_a_round_trip() -> None:
+    name = "Jörg" + "x" * 90
+    rendered = render_message(
+        make(to=[f"{name} <j@example.com>"], cc=["Ana <a@example.com>"], reply_to="r@example.com"),
+        default_from=DEFAULT_FROM,
+    )
+    assert rendered.data.isascii()
+    assert max(len(line) for line in header_lines(rendered.data)) <= 78
+    # RFC 2047 6.2: adjacent encoded-words join without the space between them; the
+    # modern parser's address headers get that wrong, the classic decoder gets it right.
+    raw_to = email.message_from_bytes(rendered.data)["To"]
+    assert str(make_header(decode_header(raw_to))) == f"{name} <j@example.com>"
+    msg = parse(rendered)
+    assert msg["Cc"] == "Ana <a@example.com>"
+    assert msg["Reply-To"] == "r@example.com"
 
 
 def test_many_recipients_fold_at_commas() -> None:
