@@ -416,7 +416,10 @@ class MailQueueWorker:
         try:
             self._outbox.unclaim(claimed, owner)
         except DatabaseUnavailable:
-            log.warning("could not hand back %d claimed message(s); their lease will", len(claimed))
+            log.warning(
+                "could not hand back %d claimed message(s); they return when their lease expires",
+                len(claimed),
+            )
             return
         for message in claimed:
             self._offer(message.id)
