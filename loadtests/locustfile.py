@@ -40,6 +40,12 @@ def _count(kind: str, message_id: str | None = None) -> None:
             tally["message_ids"].append(message_id)
 
 
+def _valid_retry_after(headers: Any) -> bool:
+    """Retry-After as delay-seconds (RFC 9110 10.2.3), what the service sends: 1 or more."""
+    value = headers.get("Retry-After") or ""
+    return value.isdigit() and int(value) >= 1
+
+
 class MailUser(FastHttpUser):  # type: ignore[misc]  # locust ships no type hints
     wait_time = between(0.0, 0.01)
 
@@ -74,11 +80,12 @@ class MailUser(FastHttpUser):  # type: ignore[misc]  # locust ships no type hint
                     return
                 _count("accepted", body["message_id"])
                 response.success()
-            elif response.status_code == 503 and response.headers.get("Retry-After"):
+            elif response.status_code == 503 and _valid_retry_after(response.headers):
                 _count("shed")
                 response.success()  # load shed as designed, counted apart
             elif response.status_code == 503:
-                response.failure("503 without Retry-After")
+                retry_after = response.headers.get("Retry-After")
+                response.failure(f"503 without a valid Retry-After: {retry_after!r}")
             else:
                 response.failure(f"unexpected {response.status_code}: {response.text[:200]}")
 
