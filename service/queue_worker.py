@@ -123,7 +123,6 @@ class MailQueueWorker:
         self._reserving = 0  # reserve()d, neither enqueue()d nor release()d yet
         self._finished: deque[tuple[float, int]] = deque()  # (time, count) for the drain rate
         self._stopping = threading.Event()
-        self._stopped_claiming = threading.Event()
         self._threads: list[threading.Thread] = []
         self._scheduler: threading.Thread | None = None
         self._started = False
@@ -166,7 +165,6 @@ class MailQueueWorker:
         leave the rest queued in the database."""
         deadline = time.monotonic() + grace
         self._stopping.set()
-        self._stopped_claiming.set()
         threads = [*self._threads, *([self._scheduler] if self._scheduler else [])]
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -224,7 +222,7 @@ class MailQueueWorker:
         A full queue loses nothing: the row is queued in the database and the
         scheduler offers it again once there is room.
         """
-        if self._stopped_claiming.is_set():
+        if self._stopping.is_set():
             return False
         with self._lock:
             if message_id in self._pending:
@@ -301,7 +299,7 @@ class MailQueueWorker:
             log.exception("closing an SMTP sender failed")
 
     def _deliver_batch(self, ids: list[str], owner: str, sender: Sender) -> None:
-        if self._stopped_claiming.is_set():
+        if self._stopping.is_set():
             return
         try:
             claimed = self._outbox.claim(ids, owner, self._settings.lease_seconds)
@@ -324,7 +322,7 @@ class MailQueueWorker:
         outcomes: list[Outcome] = []
         unsent: list[ClaimedMessage] = []
         for message in claimed:
-            if self._stopped_claiming.is_set() or self._clock() >= lease_end:
+            if self._stopping.is_set() or self._clock() >= lease_end:
                 # Stopping, or the lease ran out while earlier ones were sent
                 # (a slow relay): hand it back rather than risk a duplicate.
                 unsent.append(message)
@@ -447,7 +445,7 @@ class MailQueueWorker:
         """Offer due ids (retries whose time has come, reclaimed leases, a backlog
         that did not fit) up to the room in the queue."""
         room = self._maxsize - self._queue.qsize()
-        if room <= 0 or self._stopped_claiming.is_set():
+        if room <= 0 or self._stopping.is_set():
             return
         with self._lock:
             waiting = len(self._pending)
