@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import random
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -728,3 +729,36 @@ def test_close_after_the_relay_went_away_does_not_raise(fakesmtp_factory: FakeFa
     server.stop()
     connection.close()  # QUIT fails; the socket is closed anyway
     assert not connection.is_open
+
+
+def test_plaintext_injected_after_starttls_is_discarded(
+    raw_server: RawServer, certs: tuple[str, str]
+) -> None:
+    """Bytes sent in clear after "220" to STARTTLS (CVE-2011-0411 style) must not be
+    read as the first reply inside TLS: here they would fake an SMTPUTF8 offer."""
+    cert, key = certs
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+
+    def injecting(conn: socket.socket, stop: threading.Event) -> None:
+        reader = conn.makefile("rb")
+        conn.sendall(b"220 raw ESMTP\r\n")
+        reader.readline()  # EHLO
+        conn.sendall(b"250-raw\r\n250 STARTTLS\r\n")
+        reader.readline()  # STARTTLS
+        conn.sendall(b"220 go ahead\r\n250-injected\r\n250 SMTPUTF8\r\n")
+        with server_context.wrap_socket(conn, server_side=True) as tls:
+            tls_reader = tls.makefile("rb")
+            tls_reader.readline()  # EHLO, inside TLS
+            tls.sendall(b"250 raw\r\n")  # the true answer: no SMTPUTF8
+            while tls_reader.readline() not in (b"", b"QUIT\r\n"):
+                tls.sendall(b"250 OK\r\n")
+            tls.sendall(b"221 bye\r\n")
+
+    port = raw_server(injecting)
+    connection = SMTPConnection(
+        settings_for(smtp_port=port, smtp_security="starttls", smtp_ca_file=cert)
+    )
+    with pytest.raises(PermanentDeliveryError, match="does not offer SMTPUTF8"):
+        connection.send(message(["josé@example.com"]))
+    connection.close()
