@@ -31,7 +31,8 @@ from service.mailer import (
     send_with_retries,
 )
 from service.models import SendRequest
-from tests.mailer.conftest import RawServer, scripted_smtp, settings_for
+
+from .conftest import RawServer, scripted_smtp, settings_for
 
 pytestmark = pytest.mark.retry
 
