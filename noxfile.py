@@ -91,5 +91,5 @@ def load(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmark scripts; each prints a ratio against a baseline measured in the same run."""
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test,bench]")
     session.run("python", "bench/run_all.py", *session.posargs)

@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import secrets
+import select
 import signal
 import socket
 import subprocess
@@ -251,3 +252,54 @@ def stopping(*processes: LoggedProcess) -> Iterator[None]:
     finally:
         for process in reversed(processes):
             process.stop()
+
+
+class Sink(LoggedProcess):
+    """bench/sink.py: a bare aiosmtpd sink in its own process (see its docstring)."""
+
+    def __init__(self, log_dir: Path, expect: int, name: str = "sink") -> None:
+        super().__init__(name, log_dir)
+        self.expect = expect
+        self.port = 0
+
+    def start(self) -> Sink:
+        command = [sys.executable, str(REPO / "bench" / "sink.py"), "--expect", str(self.expect)]
+        self._spawn(command, dict(os.environ), stdout=subprocess.PIPE)
+        line = self._readline(30.0)
+        if not line.startswith("sink on "):
+            self.stop()
+            raise RuntimeError(f"sink did not start: {line!r}\n{self.log_tail()}")
+        self.port = int(line.rsplit(":", 1)[1])
+        return self
+
+    def _readline(self, timeout: float) -> str:
+        assert self.proc is not None
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            return ""
+        return self.proc.stdout.readline().decode(errors="replace").strip()
+
+    def wait_done(self, timeout: float) -> tuple[float, float]:
+        """Wall-clock times of the first and the --expect'th message."""
+        line = self._readline(timeout)
+        if not line.startswith("done "):
+            raise TimeoutError(f"sink: {self.expect} messages not received: {line!r}")
+        _, first, last, _ = line.split()
+        return float(first), float(last)
+
+    def total(self) -> int:
+        """SIGTERM it and return how many messages it received in all."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        for _ in range(3):
+            line = self._readline(10.0)
+            if line.startswith("total "):
+                self.proc.wait(10)
+                return int(line.split()[1])
+        raise RuntimeError("sink gave no total")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        super().stop()
