@@ -67,6 +67,17 @@ INTERRUPTED_SYNC_ERROR = (
 # is locked" (which becomes DatabaseUnavailable, so a 503, not a hung request).
 SQLITE_BUSY_TIMEOUT_MS = 5000
 
+# Connection pool: WORKER_CONCURRENCY for the delivery threads, plus this many
+# for the scheduler and the API's requests (each holds a connection only for
+# one statement or transaction); overflow absorbs bursts rather than queueing
+# them. With several instances on one PostgreSQL, each may open up to
+# WORKER_CONCURRENCY + WEB_CONNECTIONS + MAX_OVERFLOW connections: keep the sum
+# over the instances under the server's max_connections (100 by default).
+WEB_CONNECTIONS = 4
+MAX_OVERFLOW = 20
+POOL_TIMEOUT_SECONDS = 5.0
+CONNECT_TIMEOUT_SECONDS = 5
+
 
 class DatabaseUnavailable(Exception):
     """The database could not store or read (locked past a timeout, disk full, gone)."""
@@ -203,9 +214,20 @@ def make_engine(settings: Settings) -> Engine:
     url = sa.make_url(settings.database_url)
     # Delivery threads, the scheduler and the API's thread pool share the pool;
     # overflow absorbs bursts of requests rather than making them wait.
-    pool_size = settings.worker_concurrency + 4
+    pool_size = settings.worker_concurrency + WEB_CONNECTIONS
     if url.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_size=pool_size, max_overflow=20)
+        return sa.create_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=MAX_OVERFLOW,
+            # A server restart leaves every pooled connection dead; a ping on
+            # checkout (one round trip) replaces them instead of failing the
+            # next request or delivery on each of them in turn.
+            pool_pre_ping=True,
+            # A request must not wait long for a connection: past this it is a 503.
+            pool_timeout=POOL_TIMEOUT_SECONDS,
+            connect_args=_connect_args(url),
+        )
 
     if url.database in (None, "", ":memory:"):
         # One in-memory database shared by every thread (tests and throwaway runs).
@@ -216,7 +238,7 @@ def make_engine(settings: Settings) -> Engine:
         engine = sa.create_engine(
             url,
             pool_size=pool_size,
-            max_overflow=20,
+            max_overflow=MAX_OVERFLOW,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
         )
     synchronous = settings.sqlite_synchronous
@@ -235,6 +257,15 @@ def make_engine(settings: Settings) -> Engine:
             cursor.close()
 
     return engine
+
+
+def _connect_args(url: sa.URL) -> dict[str, Any]:
+    """Driver options for a server database: bound how long connecting may take."""
+    if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
+        # libpq waits for ever by default on an unreachable host; a request
+        # should get its 503 instead, and a delivery thread should retry.
+        return {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    return {}
 
 
 def _sqlite_path(engine: Engine) -> Path | None:
@@ -421,9 +452,18 @@ class Outbox:
     # -- schema -----------------------------------------------------------------
 
     def create_schema(self) -> None:
-        """Create the tables and indexes that are missing (migrations handle upgrades)."""
-        with self._tx() as conn:
-            metadata.create_all(conn, checkfirst=True)
+        """Create or upgrade the schema through the migrations (service.migrations).
+
+        The one way a schema is made, in tests and in production alike, so the
+        tests exercise the migrations the deployments run.
+        """
+        # Imported here: alembic is only needed by whoever creates the schema.
+        from service.migrations import migrate
+
+        try:
+            migrate(self.engine)
+        except DBAPIError as exc:
+            raise DatabaseUnavailable(f"database error: {exc.orig!r}") from exc
         if self._sqlite_path is not None:
             self._sqlite_inode = self._sqlite_path.stat().st_ino
 

@@ -63,15 +63,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def migrate() -> None:
     from service import db
     from service.config import load_settings
+    from service.migrations import migrate as run_migrations
 
     settings = load_settings()
     configure_logging(settings.log_level)
     engine = db.make_engine(settings)
     try:
-        db.Outbox(engine).create_schema()
+        revision = run_migrations(engine)
     finally:
         engine.dispose()
-    logging.getLogger(__name__).info("schema is up to date")
+    logging.getLogger(__name__).info("schema is up to date (revision %s)", revision)
 
 
 def serve() -> None:

@@ -1,0 +1,198 @@
+"""Alembic migrations on SQLite and PostgreSQL: a fresh database and one made by
+an earlier version (create_all, no alembic_version) both end up current."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from service import migrations
+from service.config import Settings
+from service.db import DatabaseUnavailable, Outbox, make_engine, messages_table, metadata
+
+pytestmark = pytest.mark.postgres
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def port_nobody_listens_on() -> Iterator[int]:
+    """A port that refuses connections: bound (so nobody else takes it), not listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def differences(engine: sa.Engine) -> list[object]:
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        return list(compare_metadata(context, metadata))
+
+
+def table_names(engine: sa.Engine) -> set[str]:
+    return set(sa.inspect(engine).get_table_names())
+
+
+@pytest.fixture
+def engine(any_url: str) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(any_url)
+    yield engine
+    engine.dispose()
+
+
+def test_fresh_database_is_migrated_to_head_matching_the_metadata(engine: sa.Engine) -> None:
+    assert table_names(engine) == set()
+    revision = migrations.migrate(engine)
+    assert revision == migrations.head_revision()
+    assert migrations.current_revision(engine) == revision
+    assert differences(engine) == []
+
+
+def test_database_from_create_all_is_stamped_and_keeps_its_rows(engine: sa.Engine) -> None:
+    """An earlier version's database: tables but no alembic_version."""
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            messages_table.insert(),
+            {
+                "id": "a" * 32,
+                "mode": "async",
+                "status": "queued",
+                "mail_from": "a@example.com",
+                "rcpt_tos": "[]",
+                "to_addrs": "[]",
+                "subject": "kept",
+                "message_id": "<kept@example.com>",
+                "smtputf8": False,
+                "attempts": 0,
+                "created_at": 1.0,
+                "updated_at": 1.0,
+            },
+        )
+    assert migrations.current_revision(engine) is None
+    assert migrations.migrate(engine) == migrations.head_revision()
+    assert migrations.current_revision(engine) == migrations.head_revision()
+    assert differences(engine) == []
+    with engine.connect() as conn:
+        subjects = conn.execute(sa.select(messages_table.c.subject)).scalars().all()
+    assert subjects == ["kept"]
+
+
+def test_migrate_twice_changes_nothing(engine: sa.Engine) -> None:
+    migrations.migrate(engine)
+    with engine.connect() as conn:
+        before = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+    assert migrations.migrate(engine) == migrations.head_revision()
+    with engine.connect() as conn:
+        after = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+    assert before == after == [(migrations.head_revision(),)]
+
+
+def test_downgrade_to_base_and_up_again(engine: sa.Engine) -> None:
+    """The downgrade scripts work, so an operator can roll a release back."""
+    migrations.migrate(engine)
+    with engine.begin() as conn:
+        command.downgrade(migrations.alembic_config(conn), "base")
+    assert table_names(engine) <= {"alembic_version"}
+    assert migrations.migrate(engine) == migrations.head_revision()
+    assert differences(engine) == []
+
+
+def test_instances_starting_together_migrate_once(any_url: str) -> None:
+    """Four processes' worth of engines migrating one fresh database at the same moment."""
+    engines = [sa.create_engine(any_url) for _ in range(4)]
+    barrier = threading.Barrier(len(engines))
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def run(engine: sa.Engine) -> None:
+        try:
+            barrier.wait(10)
+            results.append(migrations.migrate(engine))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(engine,)) for engine in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    try:
+        assert errors == []
+        assert results == [migrations.head_revision()] * len(engines)
+        with engines[0].connect() as conn:
+            rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+        assert rows == [(migrations.head_revision(),)]
+    finally:
+        for engine in engines:
+            engine.dispose()
+
+
+def test_outbox_create_schema_runs_the_migrations(any_url: str) -> None:
+    engine = make_engine(Settings(api_key=["k"], database_url=any_url))  # type: ignore[arg-type]
+    try:
+        Outbox(engine).create_schema()
+        assert migrations.current_revision(engine) == migrations.head_revision()
+    finally:
+        engine.dispose()
+
+
+def test_create_schema_on_an_unreachable_server_is_database_unavailable() -> None:
+    with port_nobody_listens_on() as port:
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/test"
+        engine = make_engine(Settings(api_key=["k"], database_url=url))  # type: ignore[arg-type]
+        try:
+            with pytest.raises(DatabaseUnavailable):
+                Outbox(engine).create_schema()
+        finally:
+            engine.dispose()
+
+
+def test_mail_service_migrate_command(any_url: str) -> None:
+    """`python -m service migrate` brings the database to head and exits 0."""
+    env = {**os.environ, "API_KEY": "k", "DATABASE_URL": any_url}
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "migrate"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"revision {migrations.head_revision()}" in done.stderr
+    engine = sa.create_engine(any_url)
+    try:
+        assert migrations.current_revision(engine) == migrations.head_revision()
+        assert differences(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_package_data_ships_every_migration_file() -> None:
+    """pyproject's package-data globs match every file of service/migrations, so a
+    wheel carries them (the .py files of packages ship anyway; the .mako needs this)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["service"]
+    package = ROOT / "service"
+    shipped = {path for pattern in patterns for path in package.glob(pattern)}
+    files = {
+        path
+        for path in (package / "migrations").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+    assert files
+    assert files - shipped == set()
