@@ -159,7 +159,11 @@ def run_service(
     try:
         spawned = time.time()
         service.start(wait=False)
-        spy = record(service.pid, 8, profile) if profile else None
+        spy = None
+        if profile:
+            # From /health on: the delivery threads are running by then, start-up is over.
+            service.wait_healthy(60)
+            spy = record(service.pid, 8, profile)
         first, last = sink.wait_done(300)
         if not wait_until(lambda: status_counts(db_path).get("sent") == count, 60, 0.5):
             raise RuntimeError(f"service: not all recorded sent: {status_counts(db_path)}")
