@@ -142,7 +142,7 @@ def test_instances_starting_together_migrate_once(any_url: str) -> None:
 
 
 def test_outbox_create_schema_runs_the_migrations(any_url: str) -> None:
-    engine = make_engine(Settings(api_key=["k"], database_url=any_url))  # type: ignore[arg-type]
+    engine = make_engine(Settings(api_key=["k"], database_url=any_url))  # type: ignore[list-item]
     try:
         Outbox(engine).create_schema()
         assert migrations.current_revision(engine) == migrations.head_revision()
@@ -153,7 +153,7 @@ def test_outbox_create_schema_runs_the_migrations(any_url: str) -> None:
 def test_create_schema_on_an_unreachable_server_is_database_unavailable() -> None:
     with port_nobody_listens_on() as port:
         url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/test"
-        engine = make_engine(Settings(api_key=["k"], database_url=url))  # type: ignore[arg-type]
+        engine = make_engine(Settings(api_key=["k"], database_url=url))  # type: ignore[list-item]
         try:
             with pytest.raises(DatabaseUnavailable):
                 Outbox(engine).create_schema()
