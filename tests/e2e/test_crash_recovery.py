@@ -66,7 +66,7 @@ def wait_delivered(smtp: FakeSMTPServer, message_ids: set[str], timeout: float =
 def test_sigkill_with_relay_blocked_loses_nothing(
     tmp_path: Path, service_factory: type[ServiceProcess]
 ) -> None:
-    """SIGKILL mid-delivery, restart on the same file: every 202 arrives; duplicates only in-flight ones."""
+    """SIGKILL mid-delivery, restart on the same file: every 202 arrives, none twice."""
     blocked = FaultRule(stage="mail", action="delay", delay=300)
     with FakeSMTPServer(faults=[blocked]) as smtp:
         first = service_factory(service_env(tmp_path, smtp.port))

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from fakesmtp import FakeSMTPServer
@@ -18,10 +19,9 @@ from .conftest import ServiceProcess
 pytestmark = pytest.mark.e2e
 
 
-def wait_status(client: object, message_id: str, wanted: str, timeout: float = 20.0) -> dict[str, object]:
-    import httpx
-
-    assert isinstance(client, httpx.Client)
+def wait_status(
+    client: httpx.Client, message_id: str, wanted: str, timeout: float = 20.0
+) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     record: dict[str, object] = {}
     while time.monotonic() < deadline:
@@ -35,9 +35,11 @@ def wait_status(client: object, message_id: str, wanted: str, timeout: float = 2
 def test_send_and_send_async_over_starttls_with_auth(
     tmp_path: Path, service_factory: type[ServiceProcess]
 ) -> None:
-    """Both endpoints deliver through a relay that requires STARTTLS and AUTH, certificate verified."""
+    """Both endpoints deliver through a relay requiring STARTTLS and AUTH, certificate verified."""
     cert, key = make_self_signed(tmp_path)
-    with FakeSMTPServer(tls_cert=cert, tls_key=key, require_tls=True, auth=("relay", "s3cret")) as smtp:
+    with FakeSMTPServer(
+        tls_cert=cert, tls_key=key, require_tls=True, auth=("relay", "s3cret")
+    ) as smtp:
         service = service_factory(
             {
                 "DATABASE_URL": f"sqlite:///{tmp_path / 'mail.db'}",
@@ -94,7 +96,8 @@ def test_untrusted_certificate_is_a_permanent_failure(
             answer = client.post("/send", json={"to": "ana@example.com", "body": "x"})
         assert answer.status_code == 500
         body = answer.json()
-        assert body["ok"] is False and body["status"] == "failed"
+        assert body["ok"] is False
+        assert body["status"] == "failed"
         assert body["error"]
         assert smtp.messages() == []
 
@@ -109,7 +112,7 @@ def test_untrusted_certificate_is_a_permanent_failure(
     ],
 )
 def test_bad_configuration_stops_startup_with_one_line(env: dict[str, str], variable: str) -> None:
-    """A bad or missing variable exits non-zero with one stderr line naming it, before listening."""
+    """A bad or missing variable exits non-zero with one stderr line naming it."""
     clean = {k: v for k, v in os.environ.items() if k not in {"API_KEY", "COVERAGE_PROCESS_START"}}
     result = subprocess.run(
         [sys.executable, "-m", "service"],
