@@ -196,3 +196,25 @@ def test_package_data_ships_every_migration_file() -> None:
     }
     assert files
     assert files - shipped == set()
+
+
+def test_alembic_command_line_style_use_with_a_url(sqlite_url: str) -> None:
+    """Without a connection, env.py opens one from the URL (how `alembic` itself runs)."""
+    command.upgrade(migrations.alembic_config(url=sqlite_url), "head")
+    engine = sa.create_engine(sqlite_url)
+    try:
+        assert migrations.current_revision(engine) == migrations.head_revision()
+        assert differences(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_offline_mode_prints_the_sql_for_a_dba(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--sql` mode: the DDL as text, for review or for a DBA to apply by hand."""
+    url = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    command.upgrade(migrations.alembic_config(url=url), "head", sql=True)
+    sql = capsys.readouterr().out
+    assert "CREATE TABLE messages" in sql
+    assert "CREATE TABLE attempts" in sql
+    assert "INSERT INTO alembic_version" in sql
+    assert f"('{migrations.head_revision()}')" in sql

@@ -312,7 +312,8 @@ def test_postgres_restart_mid_run_loses_nothing(
     assert set(traffic.statuses) <= {202, 503}
     assert traffic.statuses[503] > 0, "no request met the outage: the test proved nothing"
     assert len(extra) <= traffic.statuses[503]
-    assert service.client().get("/health").status_code == 200
+    with service.client() as client:
+        assert client.get("/health").status_code == 200
 
 
 def test_idempotency_keys_and_retry_schedules_are_shared_across_instances(
