@@ -419,7 +419,9 @@ def create_app(
             outbox = db.Outbox(engine, lease_seconds=settings.lease_seconds)
             if settings.migrate_on_start:
                 outbox.create_schema()
-            worker = MailQueueWorker(outbox, settings, sender_factory=sender_factory)
+            worker = MailQueueWorker(
+                outbox, settings, sender_factory=sender_factory, metrics=app.state.metrics
+            )
             sync_sender: SyncSender = (
                 _FactoryPool(smtp_sender_factory)
                 if smtp_sender_factory is not None
