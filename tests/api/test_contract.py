@@ -119,7 +119,9 @@ def test_send_answers_500_send_response_when_the_relay_refuses(
 def test_send_retries_a_temporary_failure_inline_and_counts_attempts(
     client: TestClient, relay: FakeSMTPServer
 ) -> None:
-    relay.add_fault(FaultRule(stage="mail", action="reply", code=451, message="4.3.0 Busy", times=1))
+    relay.add_fault(
+        FaultRule(stage="mail", action="reply", code=451, message="4.3.0 Busy", times=1)
+    )
     response = client.post("/send", json=MESSAGE, headers=AUTH)
     assert response.status_code == 200, response.text
     record = client.get(f"/messages/{response.json()['id']}", headers=AUTH).json()
@@ -368,7 +370,9 @@ def test_reserved_header_error_names_the_field_to_use(client: TestClient) -> Non
 
 
 def test_comma_list_error_says_to_send_a_list(client: TestClient) -> None:
-    detail = assert_422(client.post("/send", json={**MESSAGE, "to": "a@x.com,b@y.com"}, headers=AUTH))
+    detail = assert_422(
+        client.post("/send", json={**MESSAGE, "to": "a@x.com,b@y.com"}, headers=AUTH)
+    )
     assert "JSON list" in json.dumps(detail)
 
 
@@ -497,7 +501,10 @@ def test_body_just_under_the_limit_is_accepted(
     make_client: MakeClient, make_settings: MakeSettings
 ) -> None:
     client = make_client(make_settings(max_message_bytes=3000))
-    assert client.post("/send_async", json={**MESSAGE, "body": "x" * 1500}, headers=AUTH).status_code == 202
+    assert (
+        client.post("/send_async", json={**MESSAGE, "body": "x" * 1500}, headers=AUTH).status_code
+        == 202
+    )
 
 
 # -- rate limit ------------------------------------------------------------------------
@@ -515,9 +522,7 @@ def test_rate_limit_answers_429_with_retry_after_and_refills(
     make_client: MakeClient, make_settings: MakeSettings, relay: FakeSMTPServer, db_path: Path
 ) -> None:
     clock = FakeClock()
-    client = make_client(
-        make_settings(rate_limit_per_second=0.5, rate_limit_burst=2), clock=clock
-    )
+    client = make_client(make_settings(rate_limit_per_second=0.5, rate_limit_burst=2), clock=clock)
     assert client.post("/send_async", json=MESSAGE, headers=AUTH).status_code == 202
     assert client.post("/send", json=MESSAGE, headers=AUTH).status_code == 200
     limited = client.post("/send_async", json={**MESSAGE, "subject": "third"}, headers=AUTH)
@@ -525,7 +530,10 @@ def test_rate_limit_answers_429_with_retry_after_and_refills(
     assert limited.headers["Retry-After"] == "2"  # one token at 0.5/s
     assert "third" not in [row["subject"] for row in stored_rows(db_path)]
     # Another key has its own bucket.
-    assert client.post("/send_async", json=MESSAGE, headers={"X-API-Key": OTHER_KEY}).status_code == 202
+    assert (
+        client.post("/send_async", json=MESSAGE, headers={"X-API-Key": OTHER_KEY}).status_code
+        == 202
+    )
     clock.now += 2.0
     assert client.post("/send_async", json=MESSAGE, headers=AUTH).status_code == 202
     assert client.post("/send_async", json=MESSAGE, headers=AUTH).status_code == 429
@@ -539,7 +547,9 @@ def test_rate_limit_is_off_by_default(client: TestClient) -> None:
 def test_status_reads_are_not_rate_limited(
     make_client: MakeClient, make_settings: MakeSettings
 ) -> None:
-    client = make_client(make_settings(rate_limit_per_second=0.1, rate_limit_burst=1), clock=FakeClock())
+    client = make_client(
+        make_settings(rate_limit_per_second=0.1, rate_limit_burst=1), clock=FakeClock()
+    )
     for _ in range(5):
         assert client.get("/messages/nope", headers=AUTH).status_code == 404
 

@@ -22,9 +22,7 @@ MESSAGE = {"to": "ana@example.com", "subject": "once", "body": "only one of me"}
 
 
 @pytest.fixture
-def server(
-    make_settings: MakeSettings, live_server: Callable[[FastAPI], LiveServer]
-) -> LiveServer:
+def server(make_settings: MakeSettings, live_server: Callable[[FastAPI], LiveServer]) -> LiveServer:
     return live_server(create_app(make_settings()))
 
 
