@@ -39,6 +39,10 @@ def configure_logging(level: str) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    if level != "DEBUG":
+        # Alembic narrates every plugin and context at INFO; the migration's outcome is
+        # logged by service.migrations.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
