@@ -27,10 +27,12 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol, cast
 
 from fastapi import Depends, FastAPI, Header, Request, Security
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import db, mailer
@@ -218,10 +220,12 @@ def key_fingerprint(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def request_hash(request: SendRequest) -> str:
-    """sha256 of the canonical JSON of a validated request (sorted keys, no spaces)."""
+def request_hash(request: SendRequest, endpoint: str) -> str:
+    """sha256 of the endpoint and the canonical JSON of a validated request (sorted keys,
+    no spaces). The endpoint is part of it: one key used on /send and then on
+    /send_async is a different request (422), never a replay of the other's answer."""
     canonical = json.dumps(
-        request.model_dump(mode="json", by_alias=True),
+        [endpoint, request.model_dump(mode="json", by_alias=True)],
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
@@ -487,6 +491,22 @@ def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
 
     app.add_exception_handler(RequestValidationError, on_validation_error)
 
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        # FastAPI answers a body it cannot decode (not UTF-8) with a 400 raised from the
+        # decoding error. For us that is an invalid body like any other: 401 without a
+        # valid key, else a 422 in the usual shape.
+        if (
+            isinstance(exc, StarletteHTTPException)
+            and exc.status_code == 400
+            and isinstance(exc.__cause__, ValueError)
+            and request.url.path in protected
+        ):
+            error = validation_error(("body",), "the body is not valid JSON text (UTF-8)")
+            return await on_validation_error(request, error)
+        return await http_exception_handler(request, exc)  # type: ignore[arg-type]
+
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+
 
 def _replay(record: db.IdempotencyRecord, hashed: str) -> Response:
     if record.request_hash != hashed:
@@ -514,6 +534,7 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
         return HealthResponse(status="ok")
 
     def accept(
+        endpoint: str,
         payload: SendRequest,
         client: Client,
         idempotency_key: str | None,
@@ -525,7 +546,7 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
         scope = hashed = None
         if idempotency_key is not None:
             scope = f"{client.fingerprint}:{idempotency_key}"
-            hashed = request_hash(payload)
+            hashed = request_hash(payload, endpoint)
             record = _find_idempotent(outbox, scope, settings)
             if record is not None:
                 return _replay(record, hashed), scope, hashed
@@ -557,7 +578,7 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
         idempotency_key: IdempotencyKeyDep = None,
     ) -> Response:
         """Queue a message: answered 202 only once it is committed to the database."""
-        rendered, scope, hashed = accept(payload, client, idempotency_key, outbox)
+        rendered, scope, hashed = accept("send_async", payload, client, idempotency_key, outbox)
         if isinstance(rendered, Response):
             return rendered
         try:
@@ -629,7 +650,7 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
         idempotency_key: IdempotencyKeyDep = None,
     ) -> Response:
         """Send now and answer with the outcome: 200 sent, 500 failed (retries included)."""
-        rendered, scope, hashed = accept(payload, client, idempotency_key, outbox)
+        rendered, scope, hashed = accept("send", payload, client, idempotency_key, outbox)
         if isinstance(rendered, Response):
             return rendered
         message_id = uuid.uuid4().hex

@@ -20,6 +20,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -202,10 +203,23 @@ def _one_or_many(value: object) -> object:
     return [value] if isinstance(value, str) else value
 
 
-Address = Annotated[str, AfterValidator(_check_address)]
-HeaderText = Annotated[str, AfterValidator(_no_control_characters)]
+# "mail-address" is our own format name (OpenAPI formats are open-ended): one address,
+# `addr@domain` or `Name <addr@domain>`; the runner of schemathesis generates it.
+_ADDRESS_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "format": "mail-address",
+    "description": "one address: addr@domain or Name <addr@domain>",
+}
+Address = Annotated[str, AfterValidator(_check_address), WithJsonSchema(_ADDRESS_SCHEMA)]
+# The schema states the rule too, so that clients and fuzzers see it (validation itself
+# is _no_control_characters, whose message names the character).
+_NO_CONTROL_PATTERN = "^[^\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]*$"
+HeaderText = Annotated[
+    str,
+    AfterValidator(_no_control_characters),
+    WithJsonSchema({"type": "string", "pattern": _NO_CONTROL_PATTERN}),
+]
 BodyText = Annotated[str, AfterValidator(_encodable)]
-_ADDRESS_SCHEMA: dict[str, Any] = {"type": "string", "description": "addr or Name <addr>"}
 Recipients = Annotated[
     list[Address],
     BeforeValidator(_one_or_many),
@@ -223,10 +237,30 @@ Recipients = Annotated[
 ]
 
 
+_REQUEST_EXAMPLES: list[JsonValue] = [
+    {"to": "ana@example.com", "subject": "Hello", "body": "Plain text."},
+    {
+        "to": ["Ana Lopez <ana@example.com>", '"Doe, Jane" <jane@example.org>'],
+        "cc": ["team@example.com"],
+        "bcc": ["audit@example.com"],
+        "subject": "Quarterly report",
+        "body": "The text part.",
+        "html": "<p>The <b>HTML</b> part.</p>",
+        "reply_to": "support@example.com",
+        "headers": {"X-Campaign": "q3", "List-Unsubscribe": "<mailto:unsub@example.com>"},
+    },
+    {"to": "jörg@bücher.de", "subject": "Grüße", "html": "<p>Hallo</p>"},
+]
+
+
 class SendRequest(BaseModel):
     """A message to send. Every field that becomes a header is free of control characters."""
 
-    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={"examples": _REQUEST_EXAMPLES},
+    )
 
     to: Recipients  # a single address is accepted and becomes a one-item list
     cc: list[Address] = Field(default_factory=list)

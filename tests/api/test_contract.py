@@ -296,6 +296,21 @@ def test_malformed_json_without_a_key_is_401_not_422(client: TestClient) -> None
     assert_error_shape(response, 401)
 
 
+def test_body_that_is_not_utf8_without_a_key_is_401(client: TestClient) -> None:
+    response = client.post(
+        "/send", content=b"{\xff\xfe}", headers={"Content-Type": "application/json"}
+    )
+    assert_error_shape(response, 401)
+
+
+def test_body_that_is_not_utf8_with_a_key_is_422_not_400(client: TestClient) -> None:
+    response = client.post(
+        "/send", content=b"{\xff\xfe}", headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body"]
+
+
 def test_invalid_body_without_a_key_is_401_not_422(client: TestClient) -> None:
     assert_error_shape(client.post("/send_async", json={"to": 3}), 401)
 
@@ -592,6 +607,14 @@ def test_same_idempotency_key_with_another_body_is_422(client: TestClient, db_pa
     )
     assert detail[0]["loc"] == ["header", "Idempotency-Key"]
     assert len(stored_rows(db_path)) == 1
+
+
+def test_same_idempotency_key_on_the_other_endpoint_is_422_not_a_replay(
+    client: TestClient, relay: FakeSMTPServer
+) -> None:
+    headers = {**AUTH, "Idempotency-Key": "k-both"}
+    assert client.post("/send_async", json=MESSAGE, headers=headers).status_code == 202
+    assert_422(client.post("/send", json=MESSAGE, headers=headers))
 
 
 def test_same_request_written_differently_is_the_same_request(client: TestClient) -> None:
