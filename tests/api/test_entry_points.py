@@ -25,6 +25,13 @@ pytestmark = pytest.mark.e2e
 KEY = "entry-point-key-0123"
 
 
+def python_m(module: str, *args: str) -> list[str]:
+    """`python -m module`, measured by coverage when the test session is (nox -s tests)."""
+    if os.environ.get("COVERAGE_PROCESS_START"):
+        return [sys.executable, "-m", "coverage", "run", "-m", module, *args]
+    return [sys.executable, "-m", module, *args]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -68,7 +75,7 @@ def test_missing_api_key_stops_start_up_with_one_line(tmp_path: Path) -> None:
     env = service_env(tmp_path)
     del env["API_KEY"]
     result = subprocess.run(
-        [sys.executable, "-m", "service"], env=env, capture_output=True, timeout=30, check=False
+        python_m("service"), env=env, capture_output=True, timeout=30, check=False
     )
     assert result.returncode == 2
     lines = result.stderr.decode().strip().splitlines()
@@ -78,7 +85,7 @@ def test_missing_api_key_stops_start_up_with_one_line(tmp_path: Path) -> None:
 
 def test_migrate_creates_the_schema_and_exits(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "service", "migrate"],
+        python_m("service", "migrate"),
         env=service_env(tmp_path),
         capture_output=True,
         timeout=60,
@@ -101,7 +108,7 @@ def test_serve_answers_then_exits_0_on_sigterm(tmp_path: Path) -> None:
             SHUTDOWN_GRACE_SECONDS="2",
         )
         log = (tmp_path / "service.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "service"], env=env, stdout=log, stderr=log)
+        proc = subprocess.Popen(python_m("service"), env=env, stdout=log, stderr=log)
         try:
             url = f"http://127.0.0.1:{port}"
             wait_for_health(url, proc)
@@ -128,15 +135,13 @@ def test_serve_answers_then_exits_0_on_sigterm(tmp_path: Path) -> None:
 
 def test_devserver_prints_a_working_curl_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
+        python_m(
             "service.devserver",
             "--port=0",
             "--smtp-port=0",
             "--http-port=0",
             f"--database={tmp_path / 'dev.db'}",
-        ],
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
