@@ -437,7 +437,7 @@ def create_app(
             app.state.metrics.bind_gauges(
                 queue_depth=lambda: worker.queue_depth,
                 backlog=lambda: worker.backlog,
-                oldest_queued_age=outbox.oldest_queued_age,
+                oldest_queued_age=lambda: _oldest_queued_age(outbox),
             )
             worker.start()
             logger.info("accepting mail; relay %s:%s", settings.smtp_host, settings.smtp_port)
@@ -721,6 +721,14 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
         async def metrics_endpoint(metrics: MetricsDep) -> Response:
             """Prometheus text format (see service/metrics.py for the series)."""
             return Response(content=metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _oldest_queued_age(outbox: db.Outbox) -> float | None:
+    # A scrape while the database is away shows 0 rather than failing /metrics.
+    try:
+        return outbox.oldest_queued_age()
+    except db.DatabaseUnavailable:
+        return None
 
 
 def _find_idempotent(
