@@ -216,8 +216,10 @@ def test_send_async_when_the_database_is_locked_is_503_and_nothing_is_stored(
 ) -> None:
     import sqlite3
 
-    assert client.post("/send_async", json=MESSAGE, headers=AUTH).status_code == 202
-    blocker = sqlite3.connect(db_path, timeout=0)
+    first = client.post("/send_async", json=MESSAGE, headers=AUTH)
+    assert first.status_code == 202
+    wait_status(client, first.json()["id"], "sent")  # the worker is done writing
+    blocker = sqlite3.connect(db_path, timeout=10)
     try:
         blocker.execute("BEGIN EXCLUSIVE")
         response = client.post("/send_async", json={**MESSAGE, "subject": "locked"}, headers=AUTH)
