@@ -14,6 +14,7 @@ next message: no delivery thread ever sleeps through a backoff.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import os
@@ -56,6 +57,9 @@ _RETRY_AFTER_UNKNOWN = 5  # nothing finished lately (relay down?): come back soo
 _RATE_WINDOW = 10.0
 # How many already-queued ids the scheduler's due query may look past.
 _LOOK_PAST = 1000
+# The scheduler skips the due query while it can account for every unfinished message
+# in memory; this often it runs the query anyway, in case the accounting missed one.
+_FULL_PASS_INTERVAL = 30.0
 
 
 class QueueFull(Exception):
@@ -118,6 +122,11 @@ class MailQueueWorker:
         # Ids waiting in the queue or being claimed, so the scheduler does not
         # queue one twice.
         self._pending: set[str] = set()
+        # Claimed by this instance's delivery threads, outcome not yet recorded.
+        self._in_flight = 0
+        # Retries this instance recorded, (retry_at, id), earliest first: the scheduler
+        # offers them when due without asking the database.
+        self._retries: list[tuple[float, str]] = []
         self._lock = threading.Lock()
         self._backlog = 0
         self._reserving = 0  # reserve()d, neither enqueue()d nor release()d yet
@@ -129,6 +138,8 @@ class MailQueueWorker:
         # The scheduler's slower chores, in seconds (attributes so tests can shorten them).
         self.resync_interval = _RESYNC_INTERVAL
         self.purge_interval = _PURGE_INTERVAL
+        self.full_pass_interval = _FULL_PASS_INTERVAL
+        self._last_full_pass: float | None = None  # time.monotonic() of the last due query
         self._owner_prefix = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     # -- life cycle -------------------------------------------------------------
@@ -176,6 +187,7 @@ class MailQueueWorker:
         # Forget the ids: they are all still queued in the database.
         with self._lock:
             self._pending.clear()
+            self._retries.clear()
         while True:
             try:
                 self._queue.get_nowait()
@@ -301,6 +313,7 @@ class MailQueueWorker:
     def _deliver_batch(self, ids: list[str], owner: str, sender: Sender) -> None:
         if self._stopping.is_set():
             return
+        claimed: list[ClaimedMessage] = []
         try:
             claimed = self._outbox.claim(ids, owner, self._settings.lease_seconds)
         except DatabaseUnavailable:
@@ -314,8 +327,16 @@ class MailQueueWorker:
             # or not due: either way the scheduler may offer these ids again.
             with self._lock:
                 self._pending.difference_update(ids)
+                self._in_flight += len(claimed)
         if not claimed:
             return
+        try:
+            self._send_claimed(claimed, owner, sender)
+        finally:
+            with self._lock:
+                self._in_flight -= len(claimed)
+
+    def _send_claimed(self, claimed: list[ClaimedMessage], owner: str, sender: Sender) -> None:
         # Send only while at least half the lease is left, so that a send never
         # overlaps the moment the scheduler may hand the message to someone else.
         lease_end = self._clock() + self._settings.lease_seconds / 2
@@ -408,6 +429,10 @@ class MailQueueWorker:
                 log.warning("could not record %d outcome(s); retrying", len(outcomes))
                 if self._stopping.wait(self._settings.poll_interval):
                     return
+        with self._lock:
+            for outcome in outcomes:
+                if outcome.retry_at is not None:
+                    heapq.heappush(self._retries, (outcome.retry_at, outcome.id))
         self._finish(sum(1 for o in outcomes if o.retry_at is None))
 
     def _unclaim(self, claimed: Sequence[ClaimedMessage], owner: str) -> None:
@@ -428,8 +453,8 @@ class MailQueueWorker:
         last_resync = last_purge = time.monotonic()
         while not self._stopping.wait(self._settings.poll_interval):
             try:
-                self._outbox.reclaim_expired_leases()
-                self._fill_queue()
+                reclaimed = self._outbox.reclaim_expired_leases()
+                self._fill_queue(force=reclaimed > 0)
                 now = time.monotonic()
                 if now - last_resync >= self.resync_interval:
                     last_resync = now
@@ -441,14 +466,42 @@ class MailQueueWorker:
                 # Database away, or a bug: log it and try again next poll.
                 log.exception("scheduler pass failed")
 
-    def _fill_queue(self) -> None:
+    def _fill_queue(self, *, force: bool = False) -> None:
         """Offer due ids (retries whose time has come, reclaimed leases, a backlog
-        that did not fit) up to the room in the queue."""
+        that did not fit) up to the room in the queue.
+
+        This instance's own retries come from memory. The due query runs only when
+        some unfinished message is not accounted for here (waiting in the queue, in
+        flight, or a retry of ours): with the whole backlog already queued, reading
+        every due row each poll only to find each one pending would take the GIL
+        from the delivery threads. A message this accounting misses (it is kept in
+        counts, not ids) is found by the unconditional pass every
+        full_pass_interval seconds.
+        """
         room = self._maxsize - self._queue.qsize()
         if room <= 0 or self._stopping.is_set():
             return
+        now = self._clock()
+        due: list[str] = []
+        with self._lock:
+            while self._retries and self._retries[0][0] <= now:
+                due.append(heapq.heappop(self._retries)[1])
+        for message_id in due:
+            # Refused only when the queue is full: then the count below misses it.
+            self._offer(message_id)
         with self._lock:
             waiting = len(self._pending)
+            known = waiting + self._in_flight + len(self._retries)
+            unaccounted = self._backlog - self._reserving - known
+        started = time.monotonic()
+        if (
+            not force
+            and unaccounted <= 0
+            and self._last_full_pass is not None
+            and started - self._last_full_pass < self.full_pass_interval
+        ):
+            return
+        self._last_full_pass = started
         # Ids already waiting here are among the oldest due, so they come first;
         # look past a bounded number of them. With a larger local backlog, what
         # lies beyond is found once the queue has drained (oldest due first).

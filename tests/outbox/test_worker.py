@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -105,7 +106,7 @@ class Harness:
         self.workers.append(worker)
         return worker, outbox
 
-    def received(self) -> Counter[str]:
+    def received(self) -> Counter[str | None]:
         return Counter(m.message_id for m in self.smtp.messages())
 
 
@@ -567,3 +568,122 @@ def test_scheduler_purges_old_keys_and_bodies(harness: Harness, clock: FakeClock
     clock.advance(61)
     wait_until(lambda: outbox.raw(message.id) is None, what="body purged")
     assert outbox.find_idempotent("fp:key") is None
+
+
+# -- the scheduler's due query ------------------------------------------------------------------
+
+
+class GatedSender(Sender):
+    """Sends through a real connection once `gate` is set."""
+
+    def __init__(self, inner: mailer.SMTPConnection, gate: threading.Event) -> None:
+        self.inner = inner
+        self.gate = gate
+
+    def send(self, message: RenderedMessage) -> SendResult:
+        self.gate.wait(10)
+        return self.inner.send(message)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def count_due_queries(outbox: Outbox, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts Outbox.due_ids calls (one list item per call: its limit)."""
+    calls: list[int] = []
+    real = outbox.due_ids
+
+    def spy(limit: int) -> list[str]:
+        calls.append(limit)
+        return real(limit)
+
+    monkeypatch.setattr(outbox, "due_ids", spy)
+    return calls
+
+
+def test_scheduler_skips_the_due_query_while_every_message_is_queued_or_in_flight_here(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog wholly in memory is not re-read every poll; a row it does not know
+    of (another instance's, seen through the backlog resync) makes it look again."""
+    gate = threading.Event()
+    settings = harness.settings()
+    worker, outbox = harness.worker(
+        worker_concurrency=1,
+        sender_factory=lambda: GatedSender(mailer.SMTPConnection(settings), gate),
+    )
+    worker.resync_interval = 3600
+    backlog = [new_message(recipient=f"b{n}@example.com") for n in range(40)]
+    for message in backlog:
+        outbox.insert(message)
+    calls = count_due_queries(outbox, monkeypatch)
+    worker.start()
+    assert calls  # loading the backlog at start reads it
+    loaded = len(calls)
+    time.sleep(0.3)  # 15 polls
+    assert len(calls) == loaded
+
+    behind = new_message(recipient="behind@example.com")
+    outbox.insert(behind)  # not enqueued here
+    worker.resync_interval = 0  # the next resync counts it
+    wait_until(lambda: len(calls) > loaded, what="a due query")
+    gate.set()
+    harness.smtp.wait_for(41)
+    wait_until(lambda: outbox.count_unfinished() == 0, what="all recorded")
+    assert set(harness.received()) == {m.rendered.message_id for m in [*backlog, behind]}
+
+
+def test_a_retry_of_ours_comes_back_when_due_without_a_due_query(
+    harness: Harness, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    harness.smtp.add_fault(
+        FaultRule(stage="rcpt", action="reply", code=451, message="4.7.1 Try later", times=1)
+    )
+    worker, outbox = harness.worker(worker_concurrency=1)
+    worker.resync_interval = 3600
+    worker.start()
+    calls = count_due_queries(outbox, monkeypatch)  # after the start's pass
+    message = new_message()
+    accept(worker, outbox, message)
+    wait_until(lambda: status(outbox, message.id) == ("queued", 1), what="back to queued")
+    time.sleep(0.1)
+    assert status(outbox, message.id) == ("queued", 1)  # not offered before it is due
+    clock.advance(10.0)
+    wait_until(lambda: status(outbox, message.id) == ("sent", 2), what="retried and sent")
+    assert calls == []
+
+
+def test_a_message_the_accounting_misses_is_found_by_the_periodic_full_pass(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row inserted behind the worker's back, with no resync to count it."""
+    worker, outbox = harness.worker()
+    worker.resync_interval = 3600
+    worker.full_pass_interval = 3600
+    calls = count_due_queries(outbox, monkeypatch)
+    worker.start()
+    queries_at_start = len(calls)
+    missed = new_message()
+    outbox.insert(missed)
+    time.sleep(0.2)
+    assert status(outbox, missed.id) == ("queued", 0)  # no query: nothing unaccounted for
+    assert len(calls) == queries_at_start
+    worker.full_pass_interval = 0.05
+    wait_until(lambda: status(outbox, missed.id) == ("sent", 1), what="found and sent")
+
+
+def test_reclaimed_leases_make_the_scheduler_look_at_once(
+    harness: Harness, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dead process's claim re-queued by the scheduler is offered in the same pass."""
+    worker, outbox = harness.worker()
+    worker.resync_interval = 3600
+    worker.full_pass_interval = 3600
+    worker.start()
+    orphan = new_message()
+    outbox.insert(orphan)
+    assert [c.id for c in outbox.claim([orphan.id], "dead-process", 30)] == [orphan.id]
+    calls = count_due_queries(outbox, monkeypatch)
+    clock.advance(31)
+    wait_until(lambda: status(outbox, orphan.id) == ("sent", 2), what="reclaimed and sent")
+    assert calls
