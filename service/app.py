@@ -62,6 +62,43 @@ SHUTDOWN_RETRY_AFTER = 5
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 
 
+# -- request latency, for /metrics --------------------------------------------------
+
+
+class RequestMetrics:
+    """Pure ASGI middleware: observe each request's latency by route template and status.
+
+    The route template (`/messages/{message_id}`), never the raw path, labels the
+    series, so ids and probes of unknown paths cannot grow the label set.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the server answers if the app raises before responding
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.request_seconds.labels(scope["method"], template, str(status)).observe(
+                time.perf_counter() - started
+            )
+
+
 # -- request body size, enforced while the body streams -----------------------------
 
 
@@ -465,6 +502,9 @@ def create_app(
     )
     app.state.sender_policy = SenderPolicy(settings)
     app.add_middleware(BodySizeLimit, limit=settings.max_message_bytes)
+    if settings.metrics_enabled:
+        # Outermost, so that 413s from the body limit are timed and counted too.
+        app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     _install_error_handlers(app, settings)
     _add_routes(app, settings, sleep)
     return app

@@ -675,3 +675,25 @@ def test_metrics_can_be_turned_off(make_client: MakeClient, make_settings: MakeS
     client = make_client(make_settings(metrics_enabled=False))
     assert client.get("/metrics").status_code == 404
     assert "/metrics" not in client.get("/openapi.json").json()["paths"]
+
+
+def test_metrics_count_requests_by_route_template_and_status(client: TestClient) -> None:
+    """Latency series are labelled with the route template, so ids never become labels."""
+    assert client.post("/send_async", json=MESSAGE, headers=AUTH).status_code == 202
+    assert client.get("/messages/0123abcd", headers=AUTH).status_code == 404
+    assert client.get("/messages/feedbeef", headers=AUTH).status_code == 404
+    assert client.get("/no/such/path").status_code == 404
+    text = client.get("/metrics").text
+    assert re.search(
+        r'http_request_duration_seconds_count\{method="POST",'
+        r'route="/send_async",status="202"\} 1\.0',
+        text,
+    )
+    assert re.search(
+        r'http_request_duration_seconds_count\{method="GET",'
+        r'route="/messages/\{message_id\}",status="404"\} 2\.0',
+        text,
+    )
+    assert 'route="unmatched",status="404"' in text
+    assert "0123abcd" not in text
+    assert re.search(r'mail_accepted_total\{endpoint="send_async"\} 1\.0', text)
