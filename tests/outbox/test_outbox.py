@@ -37,7 +37,10 @@ def test_sqlite_engine_uses_wal_busy_timeout_foreign_keys_and_the_synchronous_se
     engine = make_engine(make_settings(sqlite_url, sqlite_synchronous=synchronous))
     try:
         with engine.connect() as conn:
-            pragma = lambda name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()  # noqa: E731
+
+            def pragma(name: str) -> object:
+                return conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+
             assert pragma("journal_mode") == "wal"
             assert pragma("synchronous") == {"NORMAL": 1, "FULL": 2}[synchronous]
             assert pragma("busy_timeout") == db.SQLITE_BUSY_TIMEOUT_MS
