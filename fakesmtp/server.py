@@ -216,12 +216,21 @@ class FakeSMTPServer:
             await self._stop_event.wait()
         finally:
             smtp.close()
-            for protocol in list(self._state.active):
-                abort_transport(protocol.transport)
+            self._abort_active()
             if http_server is not None and http_task is not None:
                 http_server.should_exit = True
                 await http_task
             await smtp.wait_closed()
+            # A connection accepted just before close() gets its protocol while the
+            # awaits above run: abort those too, and let the loop run their
+            # connection_lost, so no socket is left to the garbage collector.
+            await asyncio.sleep(0)
+            self._abort_active()
+            await asyncio.sleep(0)
+
+    def _abort_active(self) -> None:
+        for protocol in list(self._state.active):
+            abort_transport(protocol.transport)
 
     async def _start_http(self) -> tuple[Any, asyncio.Task[None]]:
         import uvicorn  # imported here: only servers with an HTTP API pay for it
