@@ -37,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import db, mailer
 from service.config import Settings
+from service.group_commit import GroupCommitter
 from service.metrics import CONTENT_TYPE_LATEST, Metrics
 from service.models import (
     ErrorResponse,
@@ -357,6 +358,7 @@ class SendContext:
     worker: MailQueueWorker
     sync_sender: SyncSender
     metrics: Metrics
+    committer: GroupCommitter
 
 
 async def send_context(
@@ -381,7 +383,13 @@ async def send_context(
                 headers={"Retry-After": str(wait)},
             )
     return SendContext(
-        client, state.settings, state.outbox, state.worker, state.sync_sender, state.metrics
+        client,
+        state.settings,
+        state.outbox,
+        state.worker,
+        state.sync_sender,
+        state.metrics,
+        state.committer,
     )
 
 
@@ -485,8 +493,10 @@ def create_app(
                 if smtp_sender_factory is not None
                 else mailer.ConnectionPool(settings)
             )
+            committer = GroupCommitter(outbox)
             app.state.outbox = outbox
             app.state.worker = worker
+            app.state.committer = committer
             app.state.sync_sender = sync_sender
             app.state.metrics.bind_gauges(
                 queue_depth=lambda: worker.queue_depth,
@@ -494,11 +504,15 @@ def create_app(
                 oldest_queued_age=lambda: _oldest_queued_age(outbox),
             )
             worker.start()
+            committer.start()
             logger.info("accepting mail; relay %s:%s", settings.smtp_host, settings.smtp_port)
             try:
                 yield
             finally:
-                # Stop taking work, let deliveries in flight finish, leave the rest queued.
+                # The HTTP server has stopped taking requests: commit what is waiting,
+                # then stop taking work, let deliveries in flight finish, leave the rest
+                # queued.
+                await run_in_threadpool(committer.stop)
                 await run_in_threadpool(worker.stop, settings.shutdown_grace_seconds)
                 await run_in_threadpool(sync_sender.close)
         finally:
@@ -661,8 +675,16 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
         answer = SendResponse(
             ok=True, id=message_id, status="queued", message_id=rendered.message_id
         ).model_dump_json()
+        committed = False
+
+        def hand_to_workers() -> None:
+            # In the group-commit thread, right after the commit (see group_commit.py).
+            nonlocal committed
+            committed = True
+            worker.enqueue(message_id)
+
         try:
-            outbox.insert(
+            await context.committer.insert(
                 db.NewMessage(
                     id=message_id,
                     mode="async",
@@ -673,7 +695,8 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
                     request_hash=hashed,
                     response_code=202,
                     response_body=answer,
-                )
+                ),
+                on_commit=hand_to_workers,
             )
         except db.IdempotencyKeyTaken:
             worker.release()
@@ -684,9 +707,9 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
             logger.warning("database unavailable; answered 503")
             raise _database_unavailable() from None
         except BaseException:
-            worker.release()
+            if not committed:  # cancelled after the commit: the message is queued
+                worker.release()
             raise
-        worker.enqueue(message_id)
         metrics.accepted.labels("send_async").inc()
         logger.debug("queued %s", message_id, extra={"message_id": rendered.message_id})
         return Response(content=answer, status_code=202, media_type="application/json")

@@ -521,7 +521,37 @@ class Outbox:
         statement is compiled once and runs on the pooled DBAPI connection.
         """
         self._check_sqlite_file()
-        now = self._clock()
+        self._execute_insert([message])
+
+    def insert_many(self, messages: Sequence[NewMessage]) -> list[Exception | None]:
+        """Commit several messages in one transaction (group commit); one result each.
+
+        A message's result is None when it is stored, else the exception insert()
+        would have raised for it. When the batch fails on one row's constraint (an
+        idempotency key taken), the rows are retried one by one so that only that
+        row fails; when the database fails, every row gets DatabaseUnavailable.
+        """
+        try:
+            self._check_sqlite_file()
+            self._execute_insert(messages)
+        except DatabaseUnavailable as exc:
+            return [exc] * len(messages)
+        except (IdempotencyKeyTaken, IntegrityError) as exc:
+            if len(messages) == 1:
+                return [exc]
+        else:
+            return [None] * len(messages)
+        results: list[Exception | None] = []
+        for message in messages:
+            try:
+                self._execute_insert([message])
+            except (DatabaseUnavailable, IdempotencyKeyTaken, IntegrityError) as exc:
+                results.append(exc)
+            else:
+                results.append(None)
+        return results
+
+    def _row(self, message: NewMessage, now: float) -> Any:
         rendered = message.rendered
         is_async = message.mode == "async"
         # In _INSERT_COLUMNS order.
@@ -546,7 +576,12 @@ class Outbox:
             message.response_code,
             message.response_body,
         )
-        sql, params = self._insert_sql, self._insert_params(values)
+        return self._insert_params(values)
+
+    def _execute_insert(self, messages: Sequence[NewMessage]) -> None:
+        now = self._clock()
+        sql = self._insert_sql
+        rows = [self._row(message, now) for message in messages]
         try:
             conn = self.engine.raw_connection()
         except DBAPIError as exc:  # could not connect
@@ -557,7 +592,10 @@ class Outbox:
         try:
             cursor = conn.cursor()
             try:
-                cursor.execute(sql, params)
+                if len(rows) == 1:
+                    cursor.execute(sql, rows[0])
+                else:
+                    cursor.executemany(sql, rows)
             finally:
                 cursor.close()
             conn.commit()
@@ -566,9 +604,10 @@ class Outbox:
             # the failed transaction back, or drops the connection if even that fails
             # (a dead server connection), as it does for SQLAlchemy's own statements.
             if isinstance(exc, dbapi.IntegrityError):
-                if message.idempotency_scope is not None and "idempotency_scope" in str(exc):
-                    raise IdempotencyKeyTaken(message.idempotency_scope) from exc
-                raise IntegrityError(sql, params, exc) from exc
+                scope = messages[0].idempotency_scope
+                if len(messages) == 1 and scope is not None and "idempotency_scope" in str(exc):
+                    raise IdempotencyKeyTaken(scope) from exc
+                raise IntegrityError(sql, rows, exc) from exc
             raise DatabaseUnavailable(f"database error: {exc!r}") from exc
         finally:
             conn.close()  # back to the pool
