@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--max-per-connection", type=int, metavar="N", help="421 and close after N messages")
     add("--blackhole", action="store_true", help="accept every message with 250, keep none")
+    add(
+        "--no-smtputf8",
+        dest="smtputf8",
+        action="store_false",
+        help="do not offer SMTPUTF8 (as many relays), to test non-ASCII addresses",
+    )
     add("--log-level", default="WARNING", help="logging level (default WARNING)")
     return parser
 
@@ -146,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rate_limit_code=args.rate_limit_code,
                 max_per_connection=args.max_per_connection,
                 blackhole=args.blackhole,
+                smtputf8=args.smtputf8,
             )
         except ValueError as exc:
             parser.error(str(exc))

@@ -358,6 +358,7 @@ def make_protocol_factory(
     starttls_context: ssl.SSLContext | None,
     require_tls: bool,
     max_size: int | None,
+    smtputf8: bool = True,
 ) -> Callable[[], FakeSMTPProtocol]:
     handler = FakeHandler(state)
     authenticator = make_authenticator(state)
@@ -367,7 +368,7 @@ def make_protocol_factory(
             state,
             handler,
             data_size_limit=max_size,
-            enable_SMTPUTF8=True,
+            enable_SMTPUTF8=smtputf8,
             hostname=HOSTNAME,
             ident="ESMTP ready",
             tls_context=starttls_context,

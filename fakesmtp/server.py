@@ -39,7 +39,8 @@ class FakeSMTPServer:
     must wait before a retry is accepted), ``rate_limit`` (``"100/s"`` or a
     :class:`RateLimit`; over it MAIL gets ``rate_limit_code``, 451 or 421),
     ``max_per_connection`` (421 and close after that many messages on one
-    connection), ``blackhole`` (accept with 250 and keep nothing), and
+    connection), ``blackhole`` (accept with 250 and keep nothing),
+    ``smtputf8=False`` (do not offer SMTPUTF8, as many relays), and
     ``clock``/``sleep`` for tests that must not wait in real time.
     """
 
@@ -64,6 +65,7 @@ class FakeSMTPServer:
         rate_limit_code: int = 451,
         max_per_connection: int | None = None,
         blackhole: bool = False,
+        smtputf8: bool = True,
         clock: Clock = time.monotonic,
         sleep: Callable[[float], Awaitable[Any]] | None = None,
     ) -> None:
@@ -91,6 +93,7 @@ class FakeSMTPServer:
         self._implicit_tls = implicit_tls
         self._require_tls = require_tls
         self._max_size = max_size
+        self._smtputf8 = smtputf8
         self.seed = seed
         limit = RateLimit.parse(rate_limit) if isinstance(rate_limit, str) else rate_limit
         self._state = ServerState(
@@ -198,6 +201,7 @@ class FakeSMTPServer:
             starttls_context=None if self._implicit_tls else context,
             require_tls=self._require_tls,
             max_size=self._max_size,
+            smtputf8=self._smtputf8,
         )
         smtp = await loop.create_server(
             factory,
