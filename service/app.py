@@ -214,6 +214,8 @@ class RateLimiter:
 class SyncSender(Protocol):
     def send(self, message: mailer.RenderedMessage) -> mailer.SendResult: ...
 
+    def offers(self, extension: str) -> bool: ...
+
     def close(self) -> None: ...
 
 
@@ -238,6 +240,15 @@ class _FactoryPool:
         with self._lock:
             self._idle.append(sender)
         return result
+
+    def offers(self, extension: str) -> bool:
+        sender = self._factory()
+        try:
+            offers = getattr(sender, "offers", None)
+            # A test double that cannot say is taken to offer everything.
+            return True if offers is None else bool(offers(extension))
+        finally:
+            sender.close()
 
     def close(self) -> None:
         with self._lock:
@@ -343,6 +354,36 @@ async def require_api_key(
 ClientDep = Annotated[Client, Depends(require_api_key)]
 
 
+class RelayFeatures:
+    """What the relay advertises, asked once and remembered for a while.
+
+    A message whose address has a non-ASCII local part can only travel with
+    SMTPUTF8. Asking the relay at request time turns "202, then failed" into a
+    clear 422 at once. The answer is cached: relays do not change it often, and
+    the accept path must not open a connection per request.
+    """
+
+    TTL_SECONDS = 300.0
+
+    def __init__(self, sender: SyncSender, clock: Callable[[], float] = time.monotonic) -> None:
+        self._sender = sender
+        self._clock = clock
+        self._known: dict[str, tuple[bool, float]] = {}
+
+    def offers(self, extension: str) -> bool | None:
+        """True or False; None when the relay cannot be reached (then we do not know)."""
+        now = self._clock()
+        cached = self._known.get(extension)
+        if cached is not None and now - cached[1] < self.TTL_SECONDS:
+            return cached[0]
+        try:
+            offered = self._sender.offers(extension)
+        except mailer.DeliveryError:
+            return None
+        self._known[extension] = (offered, now)
+        return offered
+
+
 @dataclass(frozen=True, slots=True)
 class SendContext:
     """What a send endpoint needs, gathered by one dependency.
@@ -359,6 +400,7 @@ class SendContext:
     sync_sender: SyncSender
     metrics: Metrics
     committer: GroupCommitter
+    relay_features: RelayFeatures
 
 
 async def send_context(
@@ -390,6 +432,7 @@ async def send_context(
         state.sync_sender,
         state.metrics,
         state.committer,
+        state.relay_features,
     )
 
 
@@ -497,6 +540,7 @@ def create_app(
             app.state.outbox = outbox
             app.state.worker = worker
             app.state.committer = committer
+            app.state.relay_features = RelayFeatures(sync_sender)
             app.state.sync_sender = sync_sender
             app.state.metrics.bind_gauges(
                 queue_depth=lambda: worker.queue_depth,
@@ -539,6 +583,18 @@ def create_app(
     _install_error_handlers(app, settings)
     _add_routes(app, settings, sleep)
     return app
+
+
+async def check_relay_can_carry(rendered: mailer.RenderedMessage, relay: RelayFeatures) -> None:
+    """422 for a message the relay is known unable to carry (nothing stored or sent)."""
+    if not rendered.smtputf8:
+        return
+    if await run_in_threadpool(relay.offers, "smtputf8") is False:
+        raise validation_error(
+            ("body",),
+            "an address has a non-ASCII local part (before the @), which needs SMTPUTF8, "
+            "and the relay does not offer it; use an ASCII address",
+        )
 
 
 def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
@@ -655,6 +711,7 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
         rendered, scope, hashed = accept("send_async", payload, client, idempotency_key, outbox)
         if isinstance(rendered, Response):
             return rendered
+        await check_relay_can_carry(rendered, context.relay_features)
         try:
             worker.reserve()
         except QueueFull as exc:
@@ -739,6 +796,7 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
         rendered, scope, hashed = accept("send", payload, client, idempotency_key, outbox)
         if isinstance(rendered, Response):
             return rendered
+        await check_relay_can_carry(rendered, context.relay_features)
         message_id = uuid.uuid4().hex
         try:
             outbox.insert(

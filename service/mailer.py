@@ -898,6 +898,19 @@ class SMTPConnection:
                 self._quit()
             return result
 
+    def offers(self, extension: str) -> bool:
+        """Whether the relay advertises `extension` (e.g. "smtputf8") in its EHLO
+        answer, opening a session if none is open. Raises DeliveryError when the
+        relay cannot be reached."""
+        try:
+            smtp, _ = self._session()
+        except DeliveryError:
+            raise
+        except Exception as exc:
+            self._drop()
+            raise classify(exc) from exc
+        return bool(smtp.has_extn(extension))
+
     def close(self) -> None:
         self._quit()
 
@@ -946,6 +959,17 @@ class ConnectionPool:
             raise
         self._give_back(connection)
         return result
+
+    def offers(self, extension: str) -> bool:
+        """SMTPConnection.offers on a pooled connection."""
+        connection = self._borrow()
+        try:
+            offered = connection.offers(extension)
+        except BaseException:
+            connection.close()
+            raise
+        self._give_back(connection)
+        return offered
 
     def close(self) -> None:
         with self._lock:
