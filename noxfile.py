@@ -13,7 +13,9 @@ nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["lint", "typecheck", "tests"]
 
-PYTHON = "3.11"
+# None: the interpreter nox runs under (3.11 or newer, per pyproject), so a fresh
+# machine needs no particular Python version installed beside it.
+PYTHON = None
 
 
 @nox.session(python=PYTHON)
