@@ -660,15 +660,15 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
         """Liveness: the process answers HTTP."""
         return HealthResponse(status="ok")
 
-    def accept(
+    async def accept(
         endpoint: str,
         payload: SendRequest,
-        client: Client,
+        context: SendContext,
         idempotency_key: str | None,
-        outbox: db.Outbox,
     ) -> tuple[mailer.RenderedMessage | Response, str | None, str | None]:
         """Checks shared by both send endpoints; returns the rendered message (or a
         replayed answer) with the idempotency scope and request hash."""
+        client, outbox = context.client, context.outbox
         check_request(payload, settings, app.state.sender_policy)
         scope = hashed = None
         if idempotency_key is not None:
@@ -687,6 +687,7 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
                 detail=f"the built message is {len(rendered.data)} bytes, over "
                 f"{settings.max_message_bytes} (MAX_MESSAGE_BYTES)",
             )
+        await check_relay_can_carry(rendered, context.relay_features)
         return rendered, scope, hashed
 
     @app.post(
@@ -702,16 +703,10 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
         idempotency_key: IdempotencyKeyDep = None,
     ) -> Response:
         """Queue a message: answered 202 only once it is committed to the database."""
-        client, outbox, worker, metrics = (
-            context.client,
-            context.outbox,
-            context.worker,
-            context.metrics,
-        )
-        rendered, scope, hashed = accept("send_async", payload, client, idempotency_key, outbox)
+        outbox, worker, metrics = context.outbox, context.worker, context.metrics
+        rendered, scope, hashed = await accept("send_async", payload, context, idempotency_key)
         if isinstance(rendered, Response):
             return rendered
-        await check_relay_can_carry(rendered, context.relay_features)
         try:
             worker.reserve()
         except QueueFull as exc:
@@ -787,16 +782,10 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
         idempotency_key: IdempotencyKeyDep = None,
     ) -> Response:
         """Send now and answer with the outcome: 200 sent, 500 failed (retries included)."""
-        client, outbox, sync_sender, metrics = (
-            context.client,
-            context.outbox,
-            context.sync_sender,
-            context.metrics,
-        )
-        rendered, scope, hashed = accept("send", payload, client, idempotency_key, outbox)
+        outbox, sync_sender, metrics = context.outbox, context.sync_sender, context.metrics
+        rendered, scope, hashed = await accept("send", payload, context, idempotency_key)
         if isinstance(rendered, Response):
             return rendered
-        await check_relay_can_carry(rendered, context.relay_features)
         message_id = uuid.uuid4().hex
         try:
             outbox.insert(
