@@ -12,6 +12,8 @@ hop to the thread pool), one enqueue of the id.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -24,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Protocol, cast
+from typing import Annotated, Any, Protocol, TypeVar, cast
 
 from fastapi import Depends, FastAPI, Header, Request, Security
 from fastapi.exception_handlers import http_exception_handler
@@ -52,6 +54,8 @@ from service.models import (
 from service.queue_worker import MailQueueWorker, QueueFull, Sender, ShuttingDown
 
 __all__ = ["BodySizeLimit", "RateLimiter", "create_app"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -557,7 +561,7 @@ def create_app(
                 # then stop taking work, let deliveries in flight finish, leave the rest
                 # queued.
                 await run_in_threadpool(committer.stop)
-                await run_in_threadpool(worker.stop, settings.shutdown_grace_seconds)
+                await run_in_threadpool(worker.stop, _grace_left(app, settings))
                 await run_in_threadpool(sync_sender.close)
         finally:
             engine.dispose()
@@ -585,11 +589,53 @@ def create_app(
     return app
 
 
+async def run_in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking SMTP work in a daemon thread and await its result.
+
+    Not the thread pool: the interpreter waits for its (non-daemon) workers at
+    exit, so one /send stuck on a silent relay would hold a SIGTERM'd process
+    for SMTP_TIMEOUT and every retry after it. A daemon thread is abandoned when
+    the request is cancelled at the end of the grace period; the message's row
+    stays in `sending` and its lease turns it into "interrupted".
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.cancelled():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(cast(T, result))
+
+    def run() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as exc:  # handed to the awaiting request
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="smtp-request", daemon=True).start()
+    return await future
+
+
+def _grace_left(app: FastAPI, settings: Settings) -> float:
+    """What is left of SHUTDOWN_GRACE_SECONDS since the signal (main.py notes when it
+    came); the whole period when the app is stopped some other way (tests)."""
+    started: float | None = getattr(app.state, "shutdown_started", None)
+    grace = settings.shutdown_grace_seconds
+    if started is None:
+        return grace
+    return max(0.0, grace - (time.monotonic() - started))
+
+
 async def check_relay_can_carry(rendered: mailer.RenderedMessage, relay: RelayFeatures) -> None:
     """422 for a message the relay is known unable to carry (nothing stored or sent)."""
     if not rendered.smtputf8:
         return
-    if await run_in_threadpool(relay.offers, "smtputf8") is False:
+    if await run_in_daemon_thread(relay.offers, "smtputf8") is False:
         raise validation_error(
             ("body",),
             "an address has a non-ASCII local part (before the @), which needs SMTPUTF8, "
@@ -806,7 +852,7 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
             logger.warning("database unavailable; answered 503")
             raise _database_unavailable() from None
         metrics.accepted.labels("send").inc()
-        code, answer = await run_in_threadpool(
+        code, answer = await run_in_daemon_thread(
             _deliver_sync, settings, outbox, sync_sender, metrics, sleep, message_id, rendered
         )
         return Response(content=answer, status_code=code, media_type="application/json")

@@ -12,6 +12,7 @@ import logging
 import math
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from types import FrameType
 
@@ -89,18 +90,33 @@ def serve() -> None:
     configure_logging(settings.log_level)
     signal.signal(signal.SIGTERM, _exit_cleanly)
     # Ctrl-C: uvicorn shuts down gracefully, then re-raises SIGINT as KeyboardInterrupt.
-    with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.run(
-            create_app(settings),
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
             host=settings.host,
             port=settings.port,
             access_log=settings.access_log,
             log_config=None,
-            # HTTP requests in flight get the grace period too (uvicorn takes whole
-            # seconds); the lifespan then gives the delivery threads theirs.
+            # HTTP requests in flight may use the grace period (uvicorn takes whole
+            # seconds); the lifespan gives the delivery threads what is left of it.
             timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
             server_header=False,
         )
+    )
+    handle_exit = server.handle_exit
+
+    def note_shutdown_start(sig: int, frame: FrameType | None) -> None:
+        # One grace period from the signal to the exit, shared by the HTTP drain and
+        # the deliveries in flight (the lifespan reads this).
+        if getattr(app.state, "shutdown_started", None) is None:
+            app.state.shutdown_started = time.monotonic()
+        handle_exit(sig, frame)
+
+    server.handle_exit = note_shutdown_start  # type: ignore[method-assign]
+    # Ctrl-C: uvicorn shuts down gracefully, then re-raises SIGINT as KeyboardInterrupt.
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

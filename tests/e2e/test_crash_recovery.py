@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from fakesmtp import FakeSMTPServer, FaultRule
@@ -136,3 +139,34 @@ def test_sigterm_lets_a_delivery_in_flight_finish(
             assert client.get(f"/messages/{answer.json()['id']}").json()["status"] == "sent"
         time.sleep(0.5)  # give a wrong re-delivery the chance to show up
         assert len(smtp.messages()) == 1
+
+
+def test_one_grace_period_covers_http_requests_and_deliveries_in_flight(
+    tmp_path: Path, service_factory: type[ServiceProcess]
+) -> None:
+    """A /send stuck on the relay and stuck deliveries share one grace period, not two."""
+    grace = 3.0
+    blocked = FaultRule(stage="mail", action="delay", delay=300)
+    with FakeSMTPServer(faults=[blocked]) as smtp:
+        service = service_factory(
+            {**service_env(tmp_path, smtp.port), "SHUTDOWN_GRACE_SECONDS": str(grace)}
+        )
+        service.start()
+        with service.client() as client:
+            for n in range(4):
+                client.post("/send_async", json={"to": f"q{n}@example.com", "body": "x"})
+        wait_connections(smtp, CONCURRENCY)
+
+        def post_sync() -> None:
+            with contextlib.suppress(httpx.TransportError), service.client() as client:
+                client.post("/send", json={"to": "sync@example.com", "body": "x"})
+
+        in_flight = threading.Thread(target=post_sync, daemon=True)
+        in_flight.start()
+        wait_connections(smtp, CONCURRENCY + 1)  # the /send is waiting on MAIL too
+        code, took = service.terminate(timeout=30)
+        in_flight.join(10)
+    assert code == 0
+    # Before one deadline was shared: the HTTP drain took the grace, then the
+    # deliveries took it again (2 x 3 s).
+    assert took < grace + 2, f"took {took:.1f}s with a {grace:g}s grace period"
