@@ -688,14 +688,41 @@ class Outbox:
         if not ids:
             return []
         now = self._clock()
+        with self._tx() as conn:
+            return self._claim_in(conn, ids, owner, lease_seconds, now)
+
+    def record_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        ids: Sequence[str],
+        owner: str,
+        lease_seconds: float,
+    ) -> list[ClaimedMessage]:
+        """record_outcomes() and then claim(), in one transaction: one commit per
+        batch on the delivery path instead of two.
+
+        Either both happen or neither (DatabaseUnavailable): the claimed rows are
+        in `sending` under a lease exactly as after claim().
+        """
+        if not outcomes:
+            return self.claim(ids, owner, lease_seconds)
+        now = self._clock()
+        with self._tx() as conn:
+            self._record_in(conn, outcomes, now)
+            if not ids:
+                return []
+            return self._claim_in(conn, ids, owner, lease_seconds, now)
+
+    def _claim_in(
+        self, conn: Connection, ids: Sequence[str], owner: str, lease_seconds: float, now: float
+    ) -> list[ClaimedMessage]:
         params = {
             "b_ids": list(ids),
             "b_now": now,
             "b_lease_until": now + lease_seconds,
             "b_owner": owner,
         }
-        with self._tx() as conn:
-            rows = list(conn.execute(self._claim_statement, params).all())
+        rows = list(conn.execute(self._claim_statement, params).all())
         order = {message_id: n for n, message_id in enumerate(ids)}
         rows.sort(key=lambda row: order.get(row.id, 0))
         return [
@@ -756,6 +783,10 @@ class Outbox:
         if not outcomes:
             return
         now = self._clock()
+        with self._tx() as conn:
+            self._record_in(conn, outcomes, now)
+
+    def _record_in(self, conn: Connection, outcomes: Sequence[Outcome], now: float) -> None:
         updates = []
         for outcome in outcomes:
             error = outcome.error
@@ -778,9 +809,8 @@ class Outbox:
                     "b_now": now,
                 }
             )
-        with self._tx() as conn:
-            conn.execute(self._outcome_statement, updates)
-            conn.execute(self._attempt_insert, [self._attempt_row(o, now) for o in outcomes])
+        conn.execute(self._outcome_statement, updates)
+        conn.execute(self._attempt_insert, [self._attempt_row(o, now) for o in outcomes])
 
     def due_ids(self, limit: int) -> list[str]:
         """Ids of async messages that are queued and due now, oldest due first."""

@@ -311,6 +311,8 @@ class MailQueueWorker:
             log.exception("closing an SMTP sender failed")
 
     def _deliver_batch(self, ids: list[str], owner: str, sender: Sender) -> None:
+        """Claim `ids`, send them, then keep going while the queue has more: each
+        batch's outcomes are written in the same transaction that claims the next."""
         if self._stopping.is_set():
             return
         claimed: list[ClaimedMessage] = []
@@ -328,15 +330,30 @@ class MailQueueWorker:
             with self._lock:
                 self._pending.difference_update(ids)
                 self._in_flight += len(claimed)
-        if not claimed:
-            return
-        try:
-            self._send_claimed(claimed, owner, sender)
-        finally:
-            with self._lock:
-                self._in_flight -= len(claimed)
+        while claimed:
+            next_claimed: list[ClaimedMessage] = []
+            try:
+                next_claimed = self._send_claimed(claimed, owner, sender)
+            finally:
+                with self._lock:
+                    self._in_flight -= len(claimed)
+            claimed = next_claimed
 
-    def _send_claimed(self, claimed: list[ClaimedMessage], owner: str, sender: Sender) -> None:
+    def _take_ready(self) -> list[str]:
+        """Up to a batch of ids already waiting in the queue, without blocking."""
+        ids: list[str] = []
+        while len(ids) < self._batch_size and not self._stopping.is_set():
+            try:
+                ids.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return ids
+
+    def _send_claimed(
+        self, claimed: list[ClaimedMessage], owner: str, sender: Sender
+    ) -> list[ClaimedMessage]:
+        """Send a claimed batch; record the outcomes and claim the next batch (when
+        one is waiting) together. Returns that next batch, counted in flight."""
         # Send only while at least half the lease is left, so that a send never
         # overlaps the moment the scheduler may hand the message to someone else.
         lease_end = self._clock() + self._settings.lease_seconds / 2
@@ -349,9 +366,35 @@ class MailQueueWorker:
                 unsent.append(message)
                 continue
             outcomes.append(self._attempt(message, sender))
-        self._record(outcomes)
         if unsent:
+            # No next batch: stopping, or a relay this slow gains nothing from it.
+            self._record(outcomes)
             self._unclaim(unsent, owner)
+            return []
+        return self._record_and_claim(outcomes, owner)
+
+    def _record_and_claim(self, outcomes: list[Outcome], owner: str) -> list[ClaimedMessage]:
+        ids = self._take_ready()
+        if not ids:
+            self._record(outcomes)
+            return []
+        claimed: list[ClaimedMessage] = []
+        try:
+            claimed = self._outbox.record_and_claim(
+                outcomes, ids, owner, self._settings.lease_seconds
+            )
+        except DatabaseUnavailable:
+            # Neither happened. The outcomes must be written (the retrying path);
+            # the ids are offered again by the scheduler, as after a failed claim.
+            log.warning("database unavailable; recording alone, the next batch waits")
+            self._record(outcomes)
+            return []
+        finally:
+            with self._lock:
+                self._pending.difference_update(ids)
+                self._in_flight += len(claimed)
+        self._recorded(outcomes)
+        return claimed
 
     def _attempt(self, message: ClaimedMessage, sender: Sender) -> Outcome:
         started = self._clock()
@@ -429,6 +472,10 @@ class MailQueueWorker:
                 log.warning("could not record %d outcome(s); retrying", len(outcomes))
                 if self._stopping.wait(self._settings.poll_interval):
                     return
+        self._recorded(outcomes)
+
+    def _recorded(self, outcomes: Sequence[Outcome]) -> None:
+        """Account for written outcomes: remember the retries, count the finished."""
         with self._lock:
             for outcome in outcomes:
                 if outcome.retry_at is not None:

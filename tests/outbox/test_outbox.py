@@ -193,6 +193,52 @@ def test_record_outcomes_writes_a_whole_batch_in_one_call(outbox: Outbox, clock:
     assert statuses == ["sent", "queued", "failed"]
 
 
+def test_record_and_claim_writes_outcomes_and_claims_the_next_batch_together(
+    outbox: Outbox, clock: FakeClock
+) -> None:
+    first, second, third = (new_message() for _ in range(3))
+    for message in (first, second, third):
+        outbox.insert(message)
+    [claimed] = outbox.claim([first.id], "w", 30)
+    clock.advance(1)
+    taken = outbox.record_and_claim(
+        [Outcome(id=claimed.id, attempt=1)], [third.id, second.id], "w", 30
+    )
+    assert [(c.id, c.attempt) for c in taken] == [(third.id, 1), (second.id, 1)]  # order asked
+    assert taken[0].rendered == third.rendered
+    assert status_of(outbox, first.id) == "sent"
+    assert [status_of(outbox, m.id) for m in (second, third)] == ["sending", "sending"]
+    assert len(outbox.attempts(first.id)) == 1
+    # No ids: only the outcomes. No outcomes: only the claim.
+    assert outbox.record_and_claim([Outcome(id=second.id, attempt=1)], [], "w", 30) == []
+    assert status_of(outbox, second.id) == "sent"
+    fourth = new_message()
+    outbox.insert(fourth)
+    assert [c.id for c in outbox.record_and_claim([], [fourth.id], "w", 30)] == [fourth.id]
+
+
+def test_record_and_claim_writes_nothing_when_the_claim_fails(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One transaction: outcomes are never written without the claim, nor the reverse."""
+    done, waiting = new_message(), new_message()
+    outbox.insert(done)
+    outbox.insert(waiting)
+    outbox.claim([done.id], "w", 30)
+    monkeypatch.setattr(outbox, "_claim_statement", sa.text("UPDATE no_such_table SET x = 1"))
+    with pytest.raises(DatabaseUnavailable):
+        outbox.record_and_claim([Outcome(id=done.id, attempt=1)], [waiting.id], "w", 30)
+    assert status_of(outbox, done.id) == "sending"
+    assert status_of(outbox, waiting.id) == "queued"
+    assert outbox.attempts(done.id) == []
+
+
+def status_of(outbox: Outbox, message_id: str) -> str:
+    record = outbox.get(message_id)
+    assert record is not None
+    return record.status
+
+
 def test_outcome_of_a_stale_claim_does_not_overwrite_the_newer_one(
     outbox: Outbox, clock: FakeClock
 ) -> None:

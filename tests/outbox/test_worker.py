@@ -557,6 +557,69 @@ def test_delivery_pauses_while_the_database_is_away_and_records_once_it_is_back(
     assert len(outbox.attempts(message.id)) == 1
 
 
+class CallCountingOutbox(Outbox):
+    """Counts the delivery path's writes; can fail the first record_and_claim calls."""
+
+    def __init__(self, *args: Any, fail_record_and_claim: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: Counter[str] = Counter()
+        self.fail_record_and_claim = fail_record_and_claim
+
+    def claim(self, ids: Any, owner: str, lease_seconds: float) -> Any:
+        self.calls["claim"] += 1
+        return super().claim(ids, owner, lease_seconds)
+
+    def record_outcomes(self, outcomes: Any) -> None:
+        self.calls["record_outcomes"] += 1
+        super().record_outcomes(outcomes)
+
+    def record_and_claim(self, outcomes: Any, ids: Any, owner: str, lease_seconds: float) -> Any:
+        self.calls["record_and_claim"] += 1
+        if self.fail_record_and_claim:
+            self.fail_record_and_claim -= 1
+            raise DatabaseUnavailable("record_and_claim: database is locked")
+        return super().record_and_claim(outcomes, ids, owner, lease_seconds)
+
+
+def test_a_backlog_is_delivered_with_one_transaction_per_batch(
+    harness: Harness, clock: FakeClock
+) -> None:
+    """Each batch's outcomes are written in the transaction that claims the next."""
+    outbox = CallCountingOutbox(harness.outbox_factory(harness.url).engine, clock=clock)
+    messages = [new_message() for _ in range(6)]
+    for message in messages:
+        outbox.insert(message)
+    worker, _ = harness.worker(outbox=outbox, worker_concurrency=1, batch_size=2)
+    worker.start()  # loads all six into the queue before the thread starts
+    wait_until(lambda: outbox.count_unfinished() == 0, what="all sent")
+    wait_until(lambda: worker.backlog == 0, what="backlog counted down")
+    assert outbox.calls == {"claim": 1, "record_and_claim": 2, "record_outcomes": 1}
+    assert [status(outbox, m.id) for m in messages] == [("sent", 1)] * 6
+    assert set(harness.received().values()) == {1}
+
+
+def test_a_failed_record_and_claim_records_alone_and_the_batch_comes_back(
+    harness: Harness, clock: FakeClock
+) -> None:
+    outbox = CallCountingOutbox(
+        harness.outbox_factory(harness.url).engine, clock=clock, fail_record_and_claim=1
+    )
+    messages = [new_message() for _ in range(4)]
+    for message in messages:
+        outbox.insert(message)
+    worker, _ = harness.worker(outbox=outbox, worker_concurrency=1, batch_size=2)
+    worker.start()
+    wait_until(lambda: outbox.count_unfinished() == 0, what="all sent")
+    wait_until(lambda: worker.backlog == 0, what="backlog counted down")
+    # The first two were recorded on their own; the two taken for the failed claim
+    # were offered again by the scheduler and sent once.
+    assert [status(outbox, m.id) for m in messages] == [("sent", 1)] * 4
+    assert set(harness.received().values()) == {1}
+    assert outbox.calls["record_and_claim"] == 1
+    assert outbox.calls["record_outcomes"] == 2
+    assert outbox.calls["claim"] == 2
+
+
 def test_scheduler_purges_old_keys_and_bodies(harness: Harness, clock: FakeClock) -> None:
     worker, outbox = harness.worker(retention_seconds=60, idempotency_ttl_seconds=60)
     worker.purge_interval = 0
