@@ -582,13 +582,17 @@ class Outbox:
         now = self._clock()
         sql = self._insert_sql
         rows = [self._row(message, now) for message in messages]
+        dbapi = self._dbapi
         try:
             conn = self.engine.raw_connection()
         except DBAPIError as exc:  # could not connect
             raise DatabaseUnavailable(f"database error: {exc.orig!r}") from exc
+        except dbapi.Error as exc:
+            # After the pool invalidated its connections (a server restart), the
+            # reconnect's failure reaches raw_connection() unwrapped.
+            raise DatabaseUnavailable(f"database error: {exc!r}") from exc
         except sa.exc.TimeoutError as exc:  # every pooled connection busy
             raise DatabaseUnavailable(f"database busy: {exc}") from exc
-        dbapi = self._dbapi
         try:
             cursor = conn.cursor()
             try:
