@@ -805,7 +805,11 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
             logger.warning("database unavailable; answered 503")
             raise _database_unavailable() from None
         except BaseException:
-            if not committed:  # cancelled after the commit: the message is queued
+            # Cancelled (client gone, shutdown). After the commit the message is
+            # queued and keeps its slot. Before it, the insert may still be committed
+            # later (it is in the writer's queue): hand_to_workers then queues it all
+            # the same, and the scheduler's backlog re-sync corrects the count.
+            if not committed:
                 worker.release()
             raise
         metrics.accepted.labels("send_async").inc()
