@@ -16,8 +16,7 @@ import sqlalchemy as sa
 from service.config import Settings
 from service.db import NewMessage, Outbox, make_engine
 from service.mailer import RenderedMessage
-
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+from tests.pg import throwaway_schema
 
 
 class FakeClock:
@@ -92,20 +91,8 @@ def sqlite_url(tmp_path: Path) -> str:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh schema on the local PostgreSQL, first on the search_path, dropped after."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    except sa.exc.OperationalError as exc:  # pragma: no cover - depends on the machine
-        admin.dispose()
-        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is not answering: {exc}")
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.dispose()
+    with throwaway_schema() as url:
+        yield url
 
 
 @pytest.fixture(

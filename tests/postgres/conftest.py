@@ -9,7 +9,6 @@ does with its search_path.
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,57 +16,21 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
-PG_URL = f"{PG_SERVER}/test"
-
-
-def _admin(url: str = PG_URL) -> sa.Engine:
-    return sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-
-
-def wait_for_postgres(timeout: float = 30.0) -> None:
-    """Block until the server accepts connections again (after a restart)."""
-    deadline = time.monotonic() + timeout
-    engine = _admin()
-    try:
-        while True:
-            try:
-                with engine.connect() as conn:
-                    conn.exec_driver_sql("SELECT 1")
-                return
-            except sa.exc.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-    finally:
-        engine.dispose()
+from tests.pg import PG_SERVER, admin_engine, throwaway_schema, wait_for_postgres
 
 
 @pytest.fixture
 def pg_schema_url() -> Iterator[str]:
     """A fresh schema on the local PostgreSQL, first on the search_path, dropped after."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = _admin()
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    except sa.exc.OperationalError as exc:  # pragma: no cover - depends on the machine
-        admin.dispose()
-        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is not answering: {exc}")
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        wait_for_postgres()
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.dispose()
+    with throwaway_schema() as url:
+        yield url
 
 
 @pytest.fixture
 def pg_database_url() -> Iterator[str]:
     """A fresh database, dropped after (its connections are ended first)."""
     name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = _admin()
+    admin = admin_engine()
     try:
         with admin.connect() as conn:
             conn.exec_driver_sql(f"CREATE DATABASE {name}")
