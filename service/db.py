@@ -465,6 +465,10 @@ class Outbox:
             raise
         except DBAPIError as exc:
             raise DatabaseUnavailable(f"database error: {exc.orig!r}") from exc
+        except self._dbapi.Error as exc:
+            # A reconnect failing after the pool was invalidated (server restart)
+            # reaches us unwrapped.
+            raise DatabaseUnavailable(f"database error: {exc!r}") from exc
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -473,6 +477,8 @@ class Outbox:
                 yield conn
         except DBAPIError as exc:
             raise DatabaseUnavailable(f"database error: {exc.orig!r}") from exc
+        except self._dbapi.Error as exc:  # unwrapped, as in _tx
+            raise DatabaseUnavailable(f"database error: {exc!r}") from exc
 
     def _check_sqlite_file(self) -> None:
         """Refuse to accept into a SQLite file that was deleted or replaced.

@@ -509,8 +509,11 @@ class MailQueueWorker:
                 if now - last_purge >= self.purge_interval:
                     last_purge = now
                     self._purge()
+            except DatabaseUnavailable as exc:
+                # Expected while the database restarts: no traceback, try again next poll.
+                log.warning("scheduler pass skipped, database unavailable: %s", exc)
             except Exception:
-                # Database away, or a bug: log it and try again next poll.
+                # A bug: log it with its traceback and try again next poll.
                 log.exception("scheduler pass failed")
 
     def _fill_queue(self, *, force: bool = False) -> None:
