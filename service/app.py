@@ -405,6 +405,7 @@ class SendContext:
     metrics: Metrics
     committer: GroupCommitter
     relay_features: RelayFeatures
+    smtp_slots: asyncio.Semaphore
 
 
 async def send_context(
@@ -437,6 +438,7 @@ async def send_context(
         state.metrics,
         state.committer,
         state.relay_features,
+        state.smtp_slots,
     )
 
 
@@ -545,6 +547,7 @@ def create_app(
             app.state.worker = worker
             app.state.committer = committer
             app.state.relay_features = RelayFeatures(sync_sender)
+            app.state.smtp_slots = asyncio.Semaphore(SMTP_REQUEST_THREADS)
             app.state.sync_sender = sync_sender
             app.state.metrics.bind_gauges(
                 queue_depth=lambda: worker.queue_depth,
@@ -589,7 +592,12 @@ def create_app(
     return app
 
 
-async def run_in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
+# At most this many threads doing SMTP work for requests at once (as many as the
+# thread pool it replaces: anyio's default); further requests wait their turn.
+SMTP_REQUEST_THREADS = 40
+
+
+async def run_in_daemon_thread(slots: asyncio.Semaphore, fn: Callable[..., T], *args: Any) -> T:
     """Run blocking SMTP work in a daemon thread and await its result.
 
     Not the thread pool: the interpreter waits for its (non-daemon) workers at
@@ -617,8 +625,9 @@ async def run_in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
             loop.call_soon_threadsafe(settle, result, error)
 
-    threading.Thread(target=run, name="smtp-request", daemon=True).start()
-    return await future
+    async with slots:
+        threading.Thread(target=run, name="smtp-request", daemon=True).start()
+        return await future
 
 
 def _grace_left(app: FastAPI, settings: Settings) -> float:
@@ -631,11 +640,13 @@ def _grace_left(app: FastAPI, settings: Settings) -> float:
     return max(0.0, grace - (time.monotonic() - started))
 
 
-async def check_relay_can_carry(rendered: mailer.RenderedMessage, relay: RelayFeatures) -> None:
+async def check_relay_can_carry(
+    rendered: mailer.RenderedMessage, relay: RelayFeatures, slots: asyncio.Semaphore
+) -> None:
     """422 for a message the relay is known unable to carry (nothing stored or sent)."""
     if not rendered.smtputf8:
         return
-    if await run_in_daemon_thread(relay.offers, "smtputf8") is False:
+    if await run_in_daemon_thread(slots, relay.offers, "smtputf8") is False:
         raise validation_error(
             ("body",),
             "an address has a non-ASCII local part (before the @), which needs SMTPUTF8, "
@@ -733,7 +744,7 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
                 detail=f"the built message is {len(rendered.data)} bytes, over "
                 f"{settings.max_message_bytes} (MAX_MESSAGE_BYTES)",
             )
-        await check_relay_can_carry(rendered, context.relay_features)
+        await check_relay_can_carry(rendered, context.relay_features, context.smtp_slots)
         return rendered, scope, hashed
 
     @app.post(
@@ -857,7 +868,15 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
             raise _database_unavailable() from None
         metrics.accepted.labels("send").inc()
         code, answer = await run_in_daemon_thread(
-            _deliver_sync, settings, outbox, sync_sender, metrics, sleep, message_id, rendered
+            context.smtp_slots,
+            _deliver_sync,
+            settings,
+            outbox,
+            sync_sender,
+            metrics,
+            sleep,
+            message_id,
+            rendered,
         )
         return Response(content=answer, status_code=code, media_type="application/json")
 

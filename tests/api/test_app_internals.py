@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,13 @@ import pytest
 from fastapi.exceptions import HTTPException, RequestValidationError
 
 from service import db, mailer
-from service.app import BodySizeLimit, RateLimiter, _replay_after_race, request_hash
+from service.app import (
+    BodySizeLimit,
+    RateLimiter,
+    _replay_after_race,
+    request_hash,
+    run_in_daemon_thread,
+)
 from service.config import Settings
 from service.models import SendRequest
 
@@ -198,3 +206,32 @@ def test_sync_send_into_a_database_that_is_gone_is_503(
         moved.rename(db_path)
     assert response.status_code == 503
     assert len(stored_rows(db_path)) == 1
+
+
+def test_smtp_work_of_requests_runs_in_daemon_threads_within_the_slot_limit() -> None:
+    """No more threads at once than slots; each is a daemon (it cannot hold the exit)."""
+    running = 0
+    peak = 0
+    daemons: list[bool] = []
+    lock = threading.Lock()
+
+    def blocking_send(n: int) -> int:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+            daemons.append(threading.current_thread().daemon)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return n * 2
+
+    async def main() -> list[int]:
+        slots = asyncio.Semaphore(2)
+        return await asyncio.gather(
+            *(run_in_daemon_thread(slots, blocking_send, n) for n in range(6))
+        )
+
+    assert asyncio.run(main()) == [0, 2, 4, 6, 8, 10]
+    assert peak == 2
+    assert daemons == [True] * 6
