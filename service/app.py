@@ -412,13 +412,7 @@ async def send_context(
     request: Request, key: Annotated[str | None, Security(api_key_header)]
 ) -> SendContext:
     state = request.app.state
-    client = _authenticate(state.settings, key)
-    if client is None:
-        raise HTTPException(
-            status_code=401,
-            detail="missing or invalid X-API-Key",
-            headers={"WWW-Authenticate": "APIKey"},
-        )
+    client = await require_api_key(state.settings, key)
     limiter: RateLimiter | None = state.rate_limiter
     if limiter is not None:
         wait = limiter.acquire(client.fingerprint)
