@@ -6,14 +6,16 @@ them on `app.state`, and stops them on exit. Endpoints reach them through the
 `Annotated` dependency aliases below.
 
 The accept path of /send_async is deliberately lean (issue 5): validate, render once,
-one INSERT+COMMIT inline on the event loop (a short SQLite write is cheaper there than a
-hop to the thread pool), one enqueue of the id.
+one INSERT committed together with the other requests waiting at that moment (group
+commit, service/group_commit.py: on the event loop for SQLite, in a writer thread for
+PostgreSQL), one enqueue of the id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -21,7 +23,6 @@ import logging
 import math
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -39,7 +40,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import db, mailer
 from service.config import Settings
-from service.group_commit import GroupCommitter
+from service.group_commit import Committer, make_committer
+from service.ids import new_id
 from service.metrics import CONTENT_TYPE_LATEST, Metrics
 from service.models import (
     ErrorResponse,
@@ -99,8 +101,8 @@ class RequestMetrics:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.metrics.request_seconds.labels(scope["method"], template, str(status)).observe(
-                time.perf_counter() - started
+            self.metrics.observe_request(
+                scope["method"], template, status, time.perf_counter() - started
             )
 
 
@@ -268,6 +270,7 @@ class Client:
     fingerprint: str
 
 
+@functools.cache  # only configured keys get here (after they matched): a bounded set
 def key_fingerprint(key: str) -> str:
     """A short, stable, non-reversible name for an API key, for scopes and buckets."""
     return hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -403,7 +406,7 @@ class SendContext:
     worker: MailQueueWorker
     sync_sender: SyncSender
     metrics: Metrics
-    committer: GroupCommitter
+    committer: Committer
     relay_features: RelayFeatures
     smtp_slots: asyncio.Semaphore
 
@@ -536,7 +539,7 @@ def create_app(
                 if smtp_sender_factory is not None
                 else mailer.ConnectionPool(settings)
             )
-            committer = GroupCommitter(outbox)
+            committer = make_committer(outbox)
             app.state.outbox = outbox
             app.state.worker = worker
             app.state.committer = committer
@@ -557,7 +560,7 @@ def create_app(
                 # The HTTP server has stopped taking requests: commit what is waiting,
                 # then stop taking work, let deliveries in flight finish, leave the rest
                 # queued.
-                await run_in_threadpool(committer.stop)
+                await committer.stop()
                 await run_in_threadpool(worker.stop, _grace_left(app, settings))
                 await run_in_threadpool(sync_sender.close)
         finally:
@@ -716,9 +719,10 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
         payload: SendRequest,
         context: SendContext,
         idempotency_key: str | None,
+        record_id: str,
     ) -> tuple[mailer.RenderedMessage | Response, str | None, str | None]:
-        """Checks shared by both send endpoints; returns the rendered message (or a
-        replayed answer) with the idempotency scope and request hash."""
+        """Checks shared by both send endpoints; returns the message rendered for
+        `record_id` (or a replayed answer) with the idempotency scope and request hash."""
         client, outbox = context.client, context.outbox
         check_request(payload, settings, app.state.sender_policy)
         scope = hashed = None
@@ -729,7 +733,9 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
             if record is not None:
                 return _replay(record, hashed), scope, hashed
         try:
-            rendered = mailer.render_message(payload, default_from=settings.mail_from)
+            rendered = mailer.render_message(
+                payload, default_from=settings.mail_from, record_id=record_id
+            )
         except (ValueError, UnicodeError) as exc:
             raise validation_error(("body",), f"the message cannot be built: {exc}") from None
         if len(rendered.data) > settings.max_message_bytes:
@@ -755,7 +761,10 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
     ) -> Response:
         """Queue a message: answered 202 only once it is committed to the database."""
         outbox, worker, metrics = context.outbox, context.worker, context.metrics
-        rendered, scope, hashed = await accept("send_async", payload, context, idempotency_key)
+        message_id = new_id()
+        rendered, scope, hashed = await accept(
+            "send_async", payload, context, idempotency_key, message_id
+        )
         if isinstance(rendered, Response):
             return rendered
         try:
@@ -774,14 +783,13 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
                 detail="shutting down; retry later",
                 headers={"Retry-After": str(SHUTDOWN_RETRY_AFTER)},
             ) from None
-        message_id = uuid.uuid4().hex
         answer = SendResponse(
             ok=True, id=message_id, status="queued", message_id=rendered.message_id
         ).model_dump_json()
         committed = False
 
         def hand_to_workers() -> None:
-            # In the group-commit thread, right after the commit (see group_commit.py).
+            # Right after the commit (see group_commit.py).
             nonlocal committed
             committed = True
             worker.enqueue(message_id)
@@ -838,10 +846,12 @@ def _add_routes(app: FastAPI, settings: Settings, sleep: Callable[[float], None]
     ) -> Response:
         """Send now and answer with the outcome: 200 sent, 500 failed (retries included)."""
         outbox, sync_sender, metrics = context.outbox, context.sync_sender, context.metrics
-        rendered, scope, hashed = await accept("send", payload, context, idempotency_key)
+        message_id = new_id()
+        rendered, scope, hashed = await accept(
+            "send", payload, context, idempotency_key, message_id
+        )
         if isinstance(rendered, Response):
             return rendered
-        message_id = uuid.uuid4().hex
         try:
             outbox.insert(
                 db.NewMessage(

@@ -429,6 +429,7 @@ class Outbox:
         # record_attempt), so a dead process's sync rows are found and failed.
         self._lease_seconds = lease_seconds
         self._postgres = engine.dialect.name == "postgresql"
+        self.is_sqlite = engine.dialect.name == "sqlite"
         self._sqlite_path = _sqlite_path(engine)
         self._sqlite_inode: int | None = None
         # The delivery path's statements are built once: constructing a Core

@@ -41,6 +41,7 @@ from email.message import EmailMessage, Message
 from email.utils import format_datetime, formataddr
 from typing import TYPE_CHECKING, Any
 
+from service.ids import new_id
 from service.models import RESERVED_HEADERS, canonical_address, parse_address
 
 if TYPE_CHECKING:
@@ -371,15 +372,31 @@ def _render_policy(
     return msg.as_bytes()
 
 
+def _date_now() -> str:
+    return _date_header(int(time.time()))
+
+
+@functools.lru_cache(maxsize=2)
+def _date_header(epoch_seconds: int) -> str:
+    # A Date header has whole seconds, and formatting one costs more than the rest of
+    # a small message's headers: format once per second.
+    return format_datetime(datetime.fromtimestamp(epoch_seconds, UTC))
+
+
 def render_message(
-    request: SendRequest, *, default_from: str, now: datetime | None = None
+    request: SendRequest,
+    *,
+    default_from: str,
+    now: datetime | None = None,
+    record_id: str | None = None,
 ) -> RenderedMessage:
     """Build the message (Date, Message-ID, From, To, Cc, Reply-To, extra headers;
     text, or multipart/alternative with html; Bcc only in the envelope).
 
     Raises ValueError for anything that could not be sent safely (a bad address, a
     control character in a header, a reserved or malformed extra header), even though
-    the API validates the same things first. `now` fixes the Date header (tests).
+    the API validates the same things first. `now` fixes the Date header (tests);
+    `record_id` is the local part of the Message-ID (a new id when not given).
     """
     sender = _parse_all([request.from_ or default_from], "from")[0]
     to = _parse_all(request.to, "to")
@@ -399,8 +416,8 @@ def render_message(
             rcpt_tos.append(address.addr_spec)
     smtputf8 = any(a.smtputf8 for a in (sender, *to, *cc, *bcc, *reply_to))
 
-    message_id = f"<{uuid.uuid4().hex}@{sender.domain}>"
-    date = format_datetime(now or datetime.now(UTC))
+    message_id = f"<{record_id or new_id()}@{sender.domain}>"
+    date = format_datetime(now) if now is not None else _date_now()
 
     # Only text that may be split matters for folding: an addr-spec or a Message-ID is
     # one unbreakable token on either path. "Reply-To" stands for every address header

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
 import math
 import signal
@@ -80,6 +81,26 @@ def migrate() -> None:
     logging.getLogger(__name__).info("schema is up to date (revision %s)", revision)
 
 
+# Allocations between two young-generation collections (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 7000
+
+
+def tune_garbage_collector() -> None:
+    """Keep CPython's cyclic collector from pausing the event loop for tens of ms.
+
+    Requests waiting for their commit live long enough to be promoted to the old
+    generation, which triggers full collections; each one walked every object the
+    imports created (FastAPI, pydantic, SQLAlchemy: hundreds of thousands) and
+    showed as a p99 of ~55 ms on /send_async under load. `gc.freeze()` moves
+    what exists after start-up out of the collector's sight for good (it is never
+    garbage), and a larger young generation collects less often. Reference counting
+    still frees everything else at once; only cycles wait a little longer.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+
+
 def serve() -> None:
     import uvicorn
 
@@ -91,6 +112,7 @@ def serve() -> None:
     signal.signal(signal.SIGTERM, _exit_cleanly)
     # Ctrl-C: uvicorn shuts down gracefully, then re-raises SIGINT as KeyboardInterrupt.
     app = create_app(settings)
+    tune_garbage_collector()
     server = uvicorn.Server(
         uvicorn.Config(
             app,

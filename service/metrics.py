@@ -55,6 +55,7 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._request_series: dict[tuple[str, str, int], Histogram] = {}
         self.queue_depth = Gauge(
             "mail_queue_depth",
             "Message ids waiting in this instance's in-memory queue.",
@@ -82,6 +83,17 @@ class Metrics:
         self.queue_depth.set_function(queue_depth)
         self.backlog.set_function(backlog)
         self.oldest_queued_age.set_function(lambda: oldest_queued_age() or 0.0)
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        series = self._request_series.get(key)
+        if series is None:
+            # labels() takes a lock and builds the key each time; this is per request.
+            # The set stays small: route templates (never raw paths) x methods x codes.
+            series = self._request_series[key] = self.request_seconds.labels(
+                method, route, str(status)
+            )
+        series.observe(seconds)
 
     def record_delivery(self, mode: str, outcome: str, code: int | None, seconds: float) -> None:
         self.deliveries.labels(mode, outcome, str(code) if code is not None else "none").inc()

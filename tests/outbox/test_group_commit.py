@@ -15,11 +15,21 @@ from service.db import (
     Outbox,
     messages_table,
 )
-from service.group_commit import GroupCommitter
+from service.group_commit import Committer, LoopCommitter, ThreadCommitter, make_committer
 
 from .conftest import new_message
 
 pytestmark = pytest.mark.unit
+
+
+CommitterClass = type[LoopCommitter] | type[ThreadCommitter]
+
+
+@pytest.fixture(params=[LoopCommitter, ThreadCommitter])
+def committer_class(request: pytest.FixtureRequest) -> CommitterClass:
+    """Both committers keep the same promises, on either database."""
+    cls: CommitterClass = request.param
+    return cls
 
 
 def stored_ids(outbox: Outbox) -> set[str]:
@@ -54,10 +64,10 @@ def test_insert_many_reports_an_unwritable_database_for_every_row(outbox: Outbox
 
 
 def test_concurrent_inserts_are_batched_and_each_answered_after_its_commit(
-    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+    outbox: Outbox, committer_class: CommitterClass, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """200 concurrent inserts: all stored, fewer transactions than rows, on_commit once each."""
-    committer = GroupCommitter(outbox)
+    committer = committer_class(outbox)
     batches: list[int] = []
     original = outbox.insert_many
 
@@ -75,48 +85,114 @@ def test_concurrent_inserts_are_batched_and_each_answered_after_its_commit(
         assert message.id in stored_ids(outbox)
 
     async def accept_all() -> None:
-        await asyncio.gather(*(one(m) for m in messages))
+        committer.start()
+        try:
+            await asyncio.gather(*(one(m) for m in messages))
+        finally:
+            await committer.stop()
 
-    committer.start()
-    try:
-        asyncio.run(accept_all())
-    finally:
-        committer.stop()
+    asyncio.run(accept_all())
     assert sorted(committed) == sorted(m.id for m in messages)
     assert sum(batches) == 200
     assert len(batches) < 200  # requests waiting together shared transactions
+    assert max(batches) <= 128  # MAX_BATCH: one transaction stays short
 
 
-def test_a_failed_insert_raises_in_its_request_and_skips_on_commit(outbox: Outbox) -> None:
+def test_a_failed_insert_raises_in_its_request_and_skips_on_commit(
+    outbox: Outbox, committer_class: CommitterClass
+) -> None:
     outbox.insert(new_message("async", scope="fp:taken"))
-    committer = GroupCommitter(outbox)
+    committer = committer_class(outbox)
     called: list[bool] = []
 
     async def accept() -> None:
-        await committer.insert(
-            new_message("async", scope="fp:taken"), on_commit=lambda: called.append(True)
-        )
+        committer.start()
+        try:
+            await committer.insert(
+                new_message("async", scope="fp:taken"), on_commit=lambda: called.append(True)
+            )
+        finally:
+            await committer.stop()
 
-    committer.start()
-    try:
-        with pytest.raises(IdempotencyKeyTaken):
-            asyncio.run(accept())
-    finally:
-        committer.stop()
+    with pytest.raises(IdempotencyKeyTaken):
+        asyncio.run(accept())
     assert called == []
 
 
-def test_stop_commits_what_is_already_waiting(outbox: Outbox) -> None:
+def test_a_failing_on_commit_fails_only_its_own_request(
+    outbox: Outbox, committer_class: CommitterClass
+) -> None:
+    committer = committer_class(outbox)
+    good, bad = new_message("async"), new_message("async")
+
+    def broken() -> None:
+        raise RuntimeError("on_commit bug")
+
+    async def accept() -> list[object]:
+        committer.start()
+        try:
+            return await asyncio.gather(
+                committer.insert(bad, on_commit=broken),
+                committer.insert(good),
+                return_exceptions=True,
+            )
+        finally:
+            await committer.stop()
+
+    results = asyncio.run(accept())
+    assert isinstance(results[0], RuntimeError)
+    assert results[1] is None
+    assert stored_ids(outbox) == {good.id, bad.id}  # the row itself was committed
+
+
+def test_a_cancelled_request_is_still_committed_and_handed_on(
+    outbox: Outbox, committer_class: CommitterClass
+) -> None:
+    """A client that goes away while waiting: its row is committed and on_commit runs,
+    so a stored message always reaches the delivery queue."""
+    committer = committer_class(outbox)
+    message = new_message("async")
+    handed: list[str] = []
+
+    async def accept_then_cancel() -> None:
+        committer.start()
+        try:
+            task = asyncio.ensure_future(
+                committer.insert(message, on_commit=lambda: handed.append(message.id))
+            )
+            await asyncio.sleep(0)  # the insert is waiting for its batch
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            await committer.stop()
+
+    asyncio.run(accept_then_cancel())
+    assert handed == [message.id]
+    assert stored_ids(outbox) == {message.id}
+
+
+def test_stop_commits_what_is_already_waiting(
+    outbox: Outbox, committer_class: CommitterClass
+) -> None:
     """Inserts queued before stop() are committed, not dropped."""
-    committer = GroupCommitter(outbox)
+    committer = committer_class(outbox)
     messages = [new_message("async") for _ in range(5)]
 
     async def enqueue_then_stop() -> None:
         tasks = [asyncio.ensure_future(committer.insert(m)) for m in messages]
-        await asyncio.sleep(0)  # every insert is in the writer's queue
+        await asyncio.sleep(0)  # every insert is waiting for its batch
         committer.start()
-        await asyncio.to_thread(committer.stop)
+        await committer.stop()
         await asyncio.gather(*tasks)
 
     asyncio.run(enqueue_then_stop())
     assert stored_ids(outbox) == {m.id for m in messages}
+
+
+def test_sqlite_commits_on_the_event_loop_and_a_server_database_in_a_thread(
+    outbox: Outbox,
+) -> None:
+    committer: Committer = make_committer(outbox)
+    expected = LoopCommitter if outbox.engine.dialect.name == "sqlite" else ThreadCommitter
+    assert type(committer) is expected
