@@ -279,7 +279,7 @@ def _sqlite_path(engine: Engine) -> Path | None:
 
 # -- helpers -----------------------------------------------------------------------
 
-# The columns Outbox.insert writes, in the order of its values tuple.
+# The columns Outbox.insert writes.
 _INSERT_COLUMNS = (
     "id",
     "mode",
@@ -303,8 +303,20 @@ _INSERT_COLUMNS = (
 )
 
 
-def _identity(values: tuple[Any, ...]) -> tuple[Any, ...]:
-    return values
+# The names _outcome_statement binds, and the columns of an attempt row.
+_OUTCOME_NAMES = (
+    "b_id",
+    "b_attempt",
+    "status",
+    "last_error",
+    "last_code",
+    "rejected",
+    "sent_at",
+    "next_attempt_at",
+    "b_now",
+)
+_ATTEMPT_COLUMNS = ("message_id", "number", "started_at", "finished_at", "outcome", "code", "error")
+_CLAIM_NAMES = ("b_now", "b_lease_until", "b_owner")
 
 
 def _describe(error: DeliveryError) -> str:
@@ -340,9 +352,11 @@ def _attempt_kind(error: DeliveryError | None) -> str:
     return "temporary" if error.temporary else "permanent"
 
 
-def _claim_statement(*, postgres: bool) -> sa.Update:
-    """queued and due -> sending for the ids in `b_ids`, returning what the sender needs."""
-    ids = sa.bindparam("b_ids", expanding=True, type_=sa.String)
+def _claim_statement(*, postgres: bool, count: int) -> sa.Update:
+    """queued and due -> sending for `count` ids (`b_id0`...), returning what the sender
+    needs. One statement per batch size: the driver gets plain placeholders, no
+    expanding IN to render per execution."""
+    ids = [sa.bindparam(f"b_id{n}", type_=sa.String) for n in range(count)]
     now = sa.bindparam("b_now", type_=sa.Double)
     if postgres:
         # Lock the rows first and skip those another process holds, so two
@@ -409,6 +423,41 @@ def _outcome_statement() -> sa.Update:
     )
 
 
+class _DriverStatement:
+    """A Core statement compiled once for the engine's dialect, run on the bare DBAPI
+    cursor with values by name.
+
+    SQLAlchemy's execution layer (cache key, parameter processing, result objects)
+    costs more CPU than SQLite takes to run these small statements, and on the hot
+    paths that CPU is GIL time taken from the event loop and the threads talking
+    SMTP. The SQL text and its parameter order still come from the Core statement,
+    so SQLite and PostgreSQL keep one definition.
+    """
+
+    def __init__(
+        self,
+        statement: sa.Insert | sa.Update,
+        dialect: sa.Dialect,
+        names: Sequence[str],
+        *,
+        column_keys: Sequence[str] | None = None,
+    ) -> None:
+        compiled = statement.compile(
+            dialect=dialect, column_keys=list(column_keys) if column_keys else None
+        )
+        self.sql = str(compiled)
+        # The values written into the statement itself (status="sending" and such).
+        self._fixed = compiled.construct_params(dict.fromkeys(names))
+        self._order = compiled.positiontup if compiled.positional else None
+
+    def params(self, values: dict[str, Any]) -> Any:
+        """The driver's parameters (a tuple or a dict, as its paramstyle wants)."""
+        merged = {**self._fixed, **values}
+        if self._order is None:
+            return merged
+        return tuple(merged[name] for name in self._order)
+
+
 class Outbox:
     """All reads and writes of the message log. Thread-safe (one engine, pooled).
 
@@ -432,27 +481,20 @@ class Outbox:
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._sqlite_path = _sqlite_path(engine)
         self._sqlite_inode: int | None = None
-        # The delivery path's statements are built once: constructing a Core
-        # statement costs more CPU than SQLite takes to run it.
-        self._claim_statement = _claim_statement(postgres=self._postgres)
-        self._outcome_statement = _outcome_statement()
-        self._attempt_insert = attempts_table.insert()
-        # The accept path's INSERT in the dialect's own SQL and parameter style.
-        compiled = messages_table.insert().compile(
-            dialect=engine.dialect, column_keys=list(_INSERT_COLUMNS)
+        # The hot paths' statements, compiled once and run on the DBAPI cursor: the
+        # accept path's INSERT, the delivery path's claim (one per batch size, made
+        # when first needed), outcome UPDATE and attempt INSERT.
+        dialect = engine.dialect
+        self._insert = _DriverStatement(
+            messages_table.insert(), dialect, _INSERT_COLUMNS, column_keys=_INSERT_COLUMNS
         )
-        self._insert_sql = str(compiled)
-        self._dbapi: Any = engine.dialect.loaded_dbapi
-        self._insert_params: Callable[[tuple[Any, ...]], Any]
-        if compiled.positional:
-            # positiontup: the bound names in the order the placeholders appear.
-            order = [_INSERT_COLUMNS.index(name) for name in compiled.positiontup or ()]
-            if order == list(range(len(_INSERT_COLUMNS))):
-                self._insert_params = _identity
-            else:
-                self._insert_params = lambda values: tuple(values[i] for i in order)
-        else:
-            self._insert_params = lambda values: dict(zip(_INSERT_COLUMNS, values, strict=True))
+        self._claims: dict[int, _DriverStatement] = {}
+        self._outcome = _DriverStatement(_outcome_statement(), dialect, _OUTCOME_NAMES)
+        self._attempt_insert = attempts_table.insert()
+        self._attempt = _DriverStatement(
+            self._attempt_insert, dialect, _ATTEMPT_COLUMNS, column_keys=_ATTEMPT_COLUMNS
+        )
+        self._dbapi: Any = dialect.loaded_dbapi
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -480,6 +522,51 @@ class Outbox:
             raise DatabaseUnavailable(f"database error: {exc.orig!r}") from exc
         except self._dbapi.Error as exc:  # unwrapped, as in _tx
             raise DatabaseUnavailable(f"database error: {exc!r}") from exc
+
+    @contextmanager
+    def _driver(self) -> Iterator[Any]:
+        """A DBAPI cursor in one transaction on a pooled connection, committed at the
+        end; driver errors become DatabaseUnavailable (except integrity errors, which
+        callers that expect them catch inside)."""
+        dbapi = self._dbapi
+        try:
+            conn = self.engine.raw_connection()
+        except DBAPIError as exc:  # could not connect
+            raise DatabaseUnavailable(f"database error: {exc.orig!r}") from exc
+        except dbapi.Error as exc:
+            # After the pool invalidated its connections (a server restart), the
+            # reconnect's failure reaches raw_connection() unwrapped.
+            raise DatabaseUnavailable(f"database error: {exc!r}") from exc
+        except sa.exc.TimeoutError as exc:  # every pooled connection busy
+            raise DatabaseUnavailable(f"database busy: {exc}") from exc
+        try:
+            cursor = conn.cursor()
+            try:
+                yield cursor
+            finally:
+                cursor.close()
+            conn.commit()
+        except dbapi.IntegrityError:
+            raise
+        except dbapi.Error as exc:
+            raise DatabaseUnavailable(f"database error: {exc!r}") from exc
+        finally:
+            # Back to the pool, which rolls back an unfinished transaction, or drops
+            # the connection if even that fails (a dead server connection), as it
+            # does for SQLAlchemy's own statements.
+            conn.close()
+
+    def _claim_for(self, count: int) -> _DriverStatement:
+        statement = self._claims.get(count)
+        if statement is None:
+            names = [*_CLAIM_NAMES, *(f"b_id{n}" for n in range(count))]
+            statement = _DriverStatement(
+                _claim_statement(postgres=self._postgres, count=count),
+                self.engine.dialect,
+                names,
+            )
+            self._claims[count] = statement
+        return statement
 
     def _check_sqlite_file(self) -> None:
         """Refuse to accept into a SQLite file that was deleted or replaced.
@@ -561,67 +648,45 @@ class Outbox:
     def _row(self, message: NewMessage, now: float) -> Any:
         rendered = message.rendered
         is_async = message.mode == "async"
-        # In _INSERT_COLUMNS order.
-        values = (
-            message.id,
-            message.mode,
-            "queued" if is_async else "sending",
-            rendered.mail_from,
-            json.dumps(rendered.rcpt_tos),
-            json.dumps(message.to),
-            message.subject,
-            rendered.message_id,
-            rendered.smtputf8,
-            rendered.data,
-            0,
-            now,
-            now,
-            now if is_async else None,
-            None if is_async else now + self._lease_seconds,
-            message.idempotency_scope,
-            message.request_hash,
-            message.response_code,
-            message.response_body,
+        return self._insert.params(
+            {
+                "id": message.id,
+                "mode": message.mode,
+                "status": "queued" if is_async else "sending",
+                "mail_from": rendered.mail_from,
+                "rcpt_tos": json.dumps(rendered.rcpt_tos),
+                "to_addrs": json.dumps(message.to),
+                "subject": message.subject,
+                "message_id": rendered.message_id,
+                "smtputf8": rendered.smtputf8,
+                "raw": rendered.data,
+                "attempts": 0,
+                "created_at": now,
+                "updated_at": now,
+                "next_attempt_at": now if is_async else None,
+                "lease_until": None if is_async else now + self._lease_seconds,
+                "idempotency_scope": message.idempotency_scope,
+                "request_hash": message.request_hash,
+                "response_code": message.response_code,
+                "response_body": message.response_body,
+            }
         )
-        return self._insert_params(values)
 
     def _execute_insert(self, messages: Sequence[NewMessage]) -> None:
         now = self._clock()
-        sql = self._insert_sql
+        sql = self._insert.sql
         rows = [self._row(message, now) for message in messages]
-        dbapi = self._dbapi
-        try:
-            conn = self.engine.raw_connection()
-        except DBAPIError as exc:  # could not connect
-            raise DatabaseUnavailable(f"database error: {exc.orig!r}") from exc
-        except dbapi.Error as exc:
-            # After the pool invalidated its connections (a server restart), the
-            # reconnect's failure reaches raw_connection() unwrapped.
-            raise DatabaseUnavailable(f"database error: {exc!r}") from exc
-        except sa.exc.TimeoutError as exc:  # every pooled connection busy
-            raise DatabaseUnavailable(f"database busy: {exc}") from exc
-        try:
-            cursor = conn.cursor()
+        with self._driver() as cursor:
             try:
                 if len(rows) == 1:
                     cursor.execute(sql, rows[0])
                 else:
                     cursor.executemany(sql, rows)
-            finally:
-                cursor.close()
-            conn.commit()
-        except dbapi.Error as exc:
-            # conn.close() below hands the connection back to the pool, which rolls
-            # the failed transaction back, or drops the connection if even that fails
-            # (a dead server connection), as it does for SQLAlchemy's own statements.
-            if isinstance(exc, dbapi.IntegrityError):
+            except self._dbapi.IntegrityError as exc:
                 scope = messages[0].idempotency_scope
                 if len(messages) == 1 and scope is not None and "idempotency_scope" in str(exc):
                     raise IdempotencyKeyTaken(scope) from exc
                 raise IntegrityError(sql, rows, exc) from exc
-            raise DatabaseUnavailable(f"database error: {exc!r}") from exc
-        finally:
-            conn.close()  # back to the pool
 
     def find_idempotent(
         self, scope: str, *, not_before: float | None = None
@@ -699,8 +764,8 @@ class Outbox:
         if not ids:
             return []
         now = self._clock()
-        with self._tx() as conn:
-            return self._claim_in(conn, ids, owner, lease_seconds, now)
+        with self._driver() as cursor:
+            return self._claim_in(cursor, ids, owner, lease_seconds, now)
 
     def record_and_claim(
         self,
@@ -718,37 +783,36 @@ class Outbox:
         if not outcomes:
             return self.claim(ids, owner, lease_seconds)
         now = self._clock()
-        with self._tx() as conn:
-            self._record_in(conn, outcomes, now)
+        with self._driver() as cursor:
+            self._record_in(cursor, outcomes, now)
             if not ids:
                 return []
-            return self._claim_in(conn, ids, owner, lease_seconds, now)
+            return self._claim_in(cursor, ids, owner, lease_seconds, now)
 
     def _claim_in(
-        self, conn: Connection, ids: Sequence[str], owner: str, lease_seconds: float, now: float
+        self, cursor: Any, ids: Sequence[str], owner: str, lease_seconds: float, now: float
     ) -> list[ClaimedMessage]:
-        params = {
-            "b_ids": list(ids),
-            "b_now": now,
-            "b_lease_until": now + lease_seconds,
-            "b_owner": owner,
-        }
-        rows = list(conn.execute(self._claim_statement, params).all())
+        statement = self._claim_for(len(ids))
+        values: dict[str, Any] = {f"b_id{n}": message_id for n, message_id in enumerate(ids)}
+        values.update(b_now=now, b_lease_until=now + lease_seconds, b_owner=owner)
+        cursor.execute(statement.sql, statement.params(values))
+        rows = cursor.fetchall()
         order = {message_id: n for n, message_id in enumerate(ids)}
-        rows.sort(key=lambda row: order.get(row.id, 0))
+        rows.sort(key=lambda row: order.get(row[0], 0))
         return [
             ClaimedMessage(
-                id=row.id,
-                attempt=row.attempts,
+                id=id_,
+                attempt=attempts,
                 rendered=RenderedMessage(
-                    message_id=row.message_id,
-                    mail_from=row.mail_from,
-                    rcpt_tos=json.loads(row.rcpt_tos),
-                    data=bytes(row.raw) if row.raw is not None else b"",
-                    smtputf8=bool(row.smtputf8),
+                    message_id=message_id,
+                    mail_from=mail_from,
+                    rcpt_tos=json.loads(rcpt_tos),
+                    data=bytes(raw) if raw is not None else b"",
+                    smtputf8=bool(smtputf8),
                 ),
             )
-            for row in rows
+            # In the order of the statement's RETURNING clause.
+            for id_, attempts, mail_from, rcpt_tos, message_id, smtputf8, raw in rows
         ]
 
     def unclaim(self, claimed: Sequence[ClaimedMessage], owner: str) -> int:
@@ -794,10 +858,10 @@ class Outbox:
         if not outcomes:
             return
         now = self._clock()
-        with self._tx() as conn:
-            self._record_in(conn, outcomes, now)
+        with self._driver() as cursor:
+            self._record_in(cursor, outcomes, now)
 
-    def _record_in(self, conn: Connection, outcomes: Sequence[Outcome], now: float) -> None:
+    def _record_in(self, cursor: Any, outcomes: Sequence[Outcome], now: float) -> None:
         updates = []
         for outcome in outcomes:
             error = outcome.error
@@ -808,20 +872,23 @@ class Outbox:
             else:
                 status = "failed"
             updates.append(
-                {
-                    "b_id": outcome.id,
-                    "b_attempt": outcome.attempt,
-                    "status": status,
-                    "last_error": _describe(error) if error is not None else None,
-                    "last_code": error.code if error is not None else None,
-                    "rejected": _rejected_json(outcome.rejected),
-                    "sent_at": now if error is None else None,
-                    "next_attempt_at": outcome.retry_at if status == "queued" else None,
-                    "b_now": now,
-                }
+                self._outcome.params(
+                    {
+                        "b_id": outcome.id,
+                        "b_attempt": outcome.attempt,
+                        "status": status,
+                        "last_error": _describe(error) if error is not None else None,
+                        "last_code": error.code if error is not None else None,
+                        "rejected": _rejected_json(outcome.rejected),
+                        "sent_at": now if error is None else None,
+                        "next_attempt_at": outcome.retry_at if status == "queued" else None,
+                        "b_now": now,
+                    }
+                )
             )
-        conn.execute(self._outcome_statement, updates)
-        conn.execute(self._attempt_insert, [self._attempt_row(o, now) for o in outcomes])
+        cursor.executemany(self._outcome.sql, updates)
+        attempts = [self._attempt.params(self._attempt_row(o, now)) for o in outcomes]
+        cursor.executemany(self._attempt.sql, attempts)
 
     def due_ids(self, limit: int) -> list[str]:
         """Ids of async messages that are queued and due now, oldest due first."""

@@ -7,6 +7,7 @@ import random
 import threading
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
@@ -225,7 +226,8 @@ def test_record_and_claim_writes_nothing_when_the_claim_fails(
     outbox.insert(done)
     outbox.insert(waiting)
     outbox.claim([done.id], "w", 30)
-    monkeypatch.setattr(outbox, "_claim_statement", sa.text("UPDATE no_such_table SET x = 1"))
+    broken = SimpleNamespace(sql="UPDATE no_such_table SET x = 1", params=lambda values: ())
+    monkeypatch.setattr(outbox, "_claim_for", lambda count: broken)
     with pytest.raises(DatabaseUnavailable):
         outbox.record_and_claim([Outcome(id=done.id, attempt=1)], [waiting.id], "w", 30)
     assert status_of(outbox, done.id) == "sending"
