@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,18 @@ def test_send_async_answers_202_queued_then_delivers(
     record = wait_status(client, body["id"], "sent")
     assert record["attempts"] == 1
     assert_iso_utc(record["sent_at"])
+
+
+@pytest.mark.parametrize("endpoint", ["/send", "/send_async"])
+def test_ids_are_uuid7_and_the_message_id_carries_the_record_id(
+    client: TestClient, endpoint: str
+) -> None:
+    """The Message-ID found in an inbox leads to the record: <id@sender's domain>."""
+    answers = [client.post(endpoint, json=MESSAGE, headers=AUTH).json() for _ in range(3)]
+    for body in answers:
+        assert uuid.UUID(body["id"]).version == 7
+        assert body["message_id"] == f"<{body['id']}@example.com>"
+    assert len({body["id"] for body in answers}) == 3
 
 
 def test_send_async_row_is_committed_before_the_answer(client: TestClient, db_path: Path) -> None:

@@ -1,0 +1,31 @@
+"""Record ids: UUIDv7, ordered by the millisecond they were made in, never repeated."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from service import ids
+
+pytestmark = pytest.mark.unit
+
+
+def test_an_id_is_a_uuid7_in_32_hex_digits() -> None:
+    value = ids.new_id()
+    assert len(value) == 32
+    parsed = uuid.UUID(value)
+    assert parsed.version == 7
+    assert parsed.variant == uuid.RFC_4122
+
+
+def test_ids_of_a_later_millisecond_sort_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Time-ordered, so new rows append to the primary-key index."""
+    now = [1_764_000_000_000_000_000]
+    monkeypatch.setattr(ids.time, "time_ns", lambda: now[0])
+    earlier = [ids.new_id() for _ in range(50)]
+    now[0] += 1_000_000  # one millisecond later
+    later = [ids.new_id() for _ in range(50)]
+    assert max(earlier) < min(later)
+    assert int(earlier[0][:12], 16) == now[0] // 1_000_000 - 1  # the time is the prefix
+    assert len(set(earlier + later)) == 100  # random within one millisecond
