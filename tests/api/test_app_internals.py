@@ -18,11 +18,13 @@ from service.app import (
     BodySizeLimit,
     RateLimiter,
     _replay_after_race,
+    database_call,
     request_hash,
     run_in_daemon_thread,
 )
 from service.config import Settings
 from service.models import SendRequest
+from tests.pg import throwaway_schema
 
 from .conftest import AUTH, MakeClient, MakeSettings, stored_rows
 
@@ -167,7 +169,7 @@ def stored(outbox: db.Outbox, scope: str, code: int | None) -> str:
 
 def test_losing_the_insert_race_replays_the_winner(outbox: db.Outbox, settings: Settings) -> None:
     hashed = stored(outbox, "fp:key", 202)
-    response = _replay_after_race(outbox, "fp:key", hashed, settings)
+    response = asyncio.run(_replay_after_race(outbox, "fp:key", hashed, settings))
     assert response.status_code == 202
     assert response.body == b'{"ok": true}'
 
@@ -177,19 +179,19 @@ def test_losing_the_race_to_a_request_in_progress_is_409(
 ) -> None:
     hashed = stored(outbox, "fp:key", None)
     with pytest.raises(HTTPException) as info:
-        _replay_after_race(outbox, "fp:key", hashed, settings)
+        asyncio.run(_replay_after_race(outbox, "fp:key", hashed, settings))
     assert info.value.status_code == 409
 
 
 def test_losing_the_race_with_another_body_is_422(outbox: db.Outbox, settings: Settings) -> None:
     stored(outbox, "fp:key", 202)
     with pytest.raises(RequestValidationError):
-        _replay_after_race(outbox, "fp:key", "another-hash", settings)
+        asyncio.run(_replay_after_race(outbox, "fp:key", "another-hash", settings))
 
 
 def test_race_on_a_key_purged_meanwhile_is_409(outbox: db.Outbox, settings: Settings) -> None:
     with pytest.raises(HTTPException) as info:
-        _replay_after_race(outbox, "fp:gone", "hash", settings)
+        asyncio.run(_replay_after_race(outbox, "fp:gone", "hash", settings))
     assert info.value.status_code == 409
 
 
@@ -235,3 +237,29 @@ def test_smtp_work_of_requests_runs_in_daemon_threads_within_the_slot_limit() ->
     assert asyncio.run(main()) == [0, 2, 4, 6, 8, 10]
     assert peak == 2
     assert daemons == [True] * 6
+
+
+def ran_on_the_event_loop(outbox: db.Outbox) -> bool:
+    async def probe() -> bool:
+        loop_thread = threading.current_thread()
+        return await database_call(outbox, lambda: threading.current_thread() is loop_thread)
+
+    return asyncio.run(probe())
+
+
+def test_sqlite_calls_of_requests_run_on_the_event_loop(outbox: db.Outbox) -> None:
+    """A local SQLite read is cheaper inline than a hop to a thread."""
+    assert outbox.is_sqlite
+    assert ran_on_the_event_loop(outbox) is True
+
+
+@pytest.mark.postgres
+def test_server_database_calls_of_requests_leave_the_event_loop() -> None:
+    """A server database's round trips (its CONNECT_TIMEOUT when unreachable) must not
+    stop every other request."""
+    with throwaway_schema() as url:
+        engine = db.make_engine(Settings(api_key=["k"], database_url=url))
+        try:
+            assert ran_on_the_event_loop(db.Outbox(engine)) is False
+        finally:
+            engine.dispose()

@@ -359,6 +359,29 @@ def test_idempotency_keys_and_retry_schedules_are_shared_across_instances(
     assert record["attempts"] == 2
 
 
+def test_a_synchronous_send_is_answered_once_and_replayed_by_another_instance(
+    fakesmtp_factory: Callable[..., FakeSMTPServer],
+    start_services: Callable[..., list[ServiceProcess]],
+) -> None:
+    """/send on PostgreSQL: its row goes through the writer thread, its key is shared."""
+    smtp = fakesmtp_factory()
+    a, b = start_services(smtp, 2)
+    body = {"to": "sync@example.com", "subject": "now", "body": "hello"}
+    key = {"Idempotency-Key": "sync-key-1"}
+    with a.client() as on_a, b.client() as on_b:
+        sent = on_a.post("/send", json=body, headers=key)
+        assert sent.status_code == 200, sent.text
+        assert sent.json()["status"] == "sent"
+        replay = on_b.post("/send", json=body, headers=key)
+        assert replay.status_code == 200
+        assert replay.json() == sent.json()
+        assert replay.headers["Idempotent-Replayed"] == "true"
+        record = on_b.get(f"/messages/{sent.json()['id']}").json()
+    assert record["status"] == "sent"
+    assert [m.message_id for m in smtp.wait_for(1)] == [sent.json()["message_id"]]
+    assert len(smtp.messages()) == 1  # the replay sent nothing
+
+
 def test_queue_maxsize_is_one_backlog_shared_by_the_instances(
     start_services: Callable[..., list[ServiceProcess]],
 ) -> None:
