@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import unicodedata
 from typing import Any
 
 import pytest
@@ -11,9 +13,12 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from service.models import (
+    _SURROGATE,
     MessageStatus,
     SendRequest,
     SendResponse,
+    _bad_character,
+    _encodable,
     canonical_address,
     parse_address,
 )
@@ -280,3 +285,25 @@ def test_localhost_addresses_are_accepted_for_development(address: str) -> None:
 @pytest.mark.parametrize("address", ["a@x..localhost", "a@-x.localhost", "a b@localhost"])
 def test_malformed_localhost_addresses_are_refused(address: str) -> None:
     assert "valid email address" in errors_of(request(to=address))
+
+
+def test_forbidden_header_characters_are_exactly_the_unicode_categories() -> None:
+    """The regular expressions behind header and body checks, against unicodedata over
+    every code point: Cc, Zl, Zp and Cs in header values; Cs alone in bodies."""
+    header_forbidden = {"Cc", "Zl", "Zp", "Cs"}
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)
+        category = unicodedata.category(char)
+        assert (_bad_character(char) is not None) == (category in header_forbidden), hex(code)
+        assert (_SURROGATE.search(char) is not None) == (category == "Cs"), hex(code)
+
+
+def test_the_first_forbidden_character_is_the_one_named() -> None:
+    assert _bad_character("ok\u2028then\r\n") == "U+2028"
+    with pytest.raises(ValueError, match=r"U\+D800"):
+        _encodable("text \ud800 more \udfff")
+
+
+def test_a_lone_surrogate_at_the_end_of_10_mb_of_text_is_found() -> None:
+    with pytest.raises(ValueError, match="lone surrogate U\\+DC00"):
+        _encodable("x" * 10_000_000 + "\udc00")
