@@ -2,9 +2,11 @@
 
 Every state change of a message is one SQL statement or one transaction, written
 so that the same text runs on SQLite and PostgreSQL. The hot paths are the
-accept path (`insert`: one INSERT + COMMIT) and the delivery path (`claim` a
-batch in one UPDATE ... RETURNING, `record_outcomes` for a batch in one
-transaction), so a delivery thread spends its time sending, not writing.
+accept path (`insert_many`: the rows of the requests waiting at that moment in
+one INSERT batch and one COMMIT, see service/group_commit.py) and the delivery
+path (`record_and_claim`: a batch's outcomes and the next batch's claim, one
+UPDATE ... RETURNING, in one transaction), so a delivery thread spends its time
+sending, not writing. Both run on the DBAPI cursor (`_DriverStatement`).
 
 Times are stored as float epoch seconds (portable, cheap to compare); the API
 layer formats them as ISO 8601.
@@ -610,9 +612,9 @@ class Outbox:
         """Commit one message (status queued for async, sending for sync).
         Raises IdempotencyKeyTaken or DatabaseUnavailable.
 
-        The accept path's one write, so it skips SQLAlchemy's execution layer (about
-        half of its cost: cache key, parameter processing, transaction objects): the
-        statement is compiled once and runs on the pooled DBAPI connection.
+        The write insert_many() does, for one row, raising its error. The service's
+        requests insert through the committer (service/group_commit.py), which
+        calls insert_many().
         """
         self._check_sqlite_file()
         self._execute_insert([message])
