@@ -13,7 +13,6 @@ import logging
 import math
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from types import FrameType
 
@@ -104,14 +103,14 @@ def tune_garbage_collector() -> None:
 def serve() -> None:
     import uvicorn
 
-    from service.app import create_app
+    from service.app import GracePeriod, create_app
     from service.config import load_settings
 
     settings = load_settings()
     configure_logging(settings.log_level)
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    # Ctrl-C: uvicorn shuts down gracefully, then re-raises SIGINT as KeyboardInterrupt.
-    app = create_app(settings)
+    grace = GracePeriod(settings.shutdown_grace_seconds)
+    app = create_app(settings, grace=grace)
     tune_garbage_collector()
     server = uvicorn.Server(
         uvicorn.Config(
@@ -130,9 +129,8 @@ def serve() -> None:
 
     def note_shutdown_start(sig: int, frame: FrameType | None) -> None:
         # One grace period from the signal to the exit, shared by the HTTP drain and
-        # the deliveries in flight (the lifespan reads this).
-        if getattr(app.state, "shutdown_started", None) is None:
-            app.state.shutdown_started = time.monotonic()
+        # the deliveries in flight.
+        grace.start()
         handle_exit(sig, frame)
 
     server.handle_exit = note_shutdown_start  # type: ignore[method-assign]

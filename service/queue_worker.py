@@ -1,40 +1,42 @@
-"""MailQueueWorker: a bounded in-memory queue of ids and the delivery threads.
+"""MailQueueWorker: the delivery threads and the scheduler over one Outbox.
 
-The database is the truth; the queue.Queue only carries ids so that memory
-stays flat with a large backlog. A scheduler thread re-queues retries when
-they are due and messages whose lease expired (a dead process's).
-
-A delivery thread takes one id (blocking, with a timeout so that stop() is
-noticed), then a few more that are already waiting, claims them in one
-statement, sends each over its own persistent SMTP connection and records the
+A delivery thread takes one id from the WorkQueue (blocking, with a timeout so
+that stop() is noticed), then a few more that are already waiting, claims them
+in one statement, sends each over its own persistent connection and records the
 outcomes in one transaction. A temporary failure puts the message back in the
-database as queued with a retry time, and the thread goes straight on to the
-next message: no delivery thread ever sleeps through a backoff.
+database as queued with a retry time (the RetryPolicy's), and the thread goes
+straight on to the next message: no delivery thread ever sleeps through a
+backoff. The scheduler thread re-queues retries when they are due and messages
+whose lease expired (a dead process's), re-syncs the Backlog and purges.
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
-import math
 import os
-import queue
 import random
 import socket
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from service import mailer
-from service.db import ClaimedMessage, DatabaseUnavailable, Outcome
+from service.backlog import Backlog
+from service.errors import (
+    DatabaseUnavailable,
+    DeliveryError,
+    QueueFull,
+    ShuttingDown,
+    TemporaryDeliveryError,
+)
+from service.retry import RetryPolicy
+from service.types import ClaimedMessage, Outcome, Sender, SenderFactory
+from service.work_queue import WorkQueue
 
 if TYPE_CHECKING:
     from service.config import Settings
     from service.db import Outbox
-    from service.mailer import RenderedMessage, SendResult
     from service.metrics import Metrics
 
 __all__ = ["MailQueueWorker", "QueueFull", "Sender", "ShuttingDown"]
@@ -50,11 +52,6 @@ _GET_TIMEOUT = 0.1
 # The scheduler's slower chores, in seconds.
 _RESYNC_INTERVAL = 2.0
 _PURGE_INTERVAL = 60.0
-# Retry-After bounds and the window over which the drain rate is measured.
-_RETRY_AFTER_MIN = 1
-_RETRY_AFTER_MAX = 60
-_RETRY_AFTER_UNKNOWN = 5  # nothing finished lately (relay down?): come back soon, cheaply
-_RATE_WINDOW = 10.0
 # How many already-queued ids the scheduler's due query may look past.
 _LOOK_PAST = 1000
 # The scheduler skips the due query while it can account for every unfinished message
@@ -62,47 +59,15 @@ _LOOK_PAST = 1000
 _FULL_PASS_INTERVAL = 30.0
 
 
-class QueueFull(Exception):
-    """The backlog bound (QUEUE_MAXSIZE) is reached; answer 503 with Retry-After."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"queue full, retry after {retry_after}s")
-        self.retry_after = retry_after
-
-
-class ShuttingDown(Exception):
-    """The worker is stopping and takes no new work; answer 503."""
-
-
-class Sender:
-    """What a delivery thread sends with: one per thread (SMTPConnection satisfies it)."""
-
-    def send(self, message: RenderedMessage) -> SendResult:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-
 class MailQueueWorker:
-    """Delivery threads and a scheduler over one Outbox.
-
-    Backpressure: QUEUE_MAXSIZE bounds the async messages accepted and not yet
-    finished (queued, sending, or waiting to retry). The count is kept in memory
-    (+1 on reserve(), -1 on release() and when a message is sent or failed) and
-    re-synced every few seconds from the database (count_unfinished() plus the
-    reservations whose insert is still in progress). Because that count covers
-    every row of the database, several instances sharing one database share one
-    bound: between two re-syncs each instance can overshoot it by what it
-    accepted itself in that interval, no more.
-    """
+    """Delivery threads and a scheduler over one Outbox, bounded by a Backlog."""
 
     def __init__(
         self,
         outbox: Outbox,
         settings: Settings,
         *,
-        sender_factory: Callable[[], Sender],
+        sender_factory: SenderFactory,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
@@ -112,26 +77,12 @@ class MailQueueWorker:
         self._settings = settings
         self._sender_factory = sender_factory
         self._clock = clock
-        self._rng = rng or random.Random()  # noqa: S311  # jitter, not security
+        self._retry = RetryPolicy.from_settings(settings, rng)
         self._metrics = metrics
         self._batch_size = max(1, batch_size)
-        self._maxsize = settings.queue_maxsize
-        # The ids are what the queue carries; its bound matches the backlog bound,
-        # so an accepted message always fits.
-        self._queue: queue.Queue[str] = queue.Queue(maxsize=self._maxsize)
-        # Ids waiting in the queue or being claimed, so the scheduler does not
-        # queue one twice.
-        self._pending: set[str] = set()
-        # Claimed by this instance's delivery threads, outcome not yet recorded.
-        self._in_flight = 0
-        # Retries this instance recorded, (retry_at, id), earliest first: the scheduler
-        # offers them when due without asking the database.
-        self._retries: list[tuple[float, str]] = []
-        self._lock = threading.Lock()
-        self._backlog = 0
-        self._reserving = 0  # reserve()d, neither enqueue()d nor release()d yet
-        self._finished: deque[tuple[float, int]] = deque()  # (time, count) for the drain rate
         self._stopping = threading.Event()
+        self._work = WorkQueue(settings.queue_maxsize, self._stopping)
+        self._backlog = Backlog(settings.queue_maxsize, clock)
         self._threads: list[threading.Thread] = []
         self._scheduler: threading.Thread | None = None
         self._started = False
@@ -151,8 +102,7 @@ class MailQueueWorker:
         self._started = True
         try:
             self._outbox.reclaim_expired_leases()
-            with self._lock:
-                self._backlog = self._outbox.count_unfinished()
+            self._backlog.resync(self._outbox.count_unfinished())
             self._fill_queue()
         except DatabaseUnavailable:
             # The scheduler retries all of this every poll; accepting can wait for it.
@@ -184,15 +134,7 @@ class MailQueueWorker:
             # Their messages stay in `sending` under a lease; the next start (or
             # another instance) takes them back when it expires.
             log.warning("delivery still in flight after %.1fs grace: %s", grace, ", ".join(stuck))
-        # Forget the ids: they are all still queued in the database.
-        with self._lock:
-            self._pending.clear()
-            self._retries.clear()
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
+        self._work.clear()
 
     # -- the accept path ------------------------------------------------------------
 
@@ -200,73 +142,25 @@ class MailQueueWorker:
         """Take one slot of the backlog bound before inserting. Raises QueueFull / ShuttingDown."""
         if self._stopping.is_set():
             raise ShuttingDown("the service is shutting down")
-        with self._lock:
-            if self._backlog >= self._maxsize:
-                raise QueueFull(self._retry_after_locked())
-            self._backlog += 1
-            self._reserving += 1
+        self._backlog.reserve()
 
     def release(self) -> None:
         """Give back a slot whose insert failed."""
-        with self._lock:
-            self._backlog = max(0, self._backlog - 1)
-            self._reserving = max(0, self._reserving - 1)
+        self._backlog.release()
 
     def enqueue(self, message_id: str) -> None:
         """Hand a committed message's id to the delivery threads (never blocks)."""
-        with self._lock:
-            # The reservation is now a row: count_unfinished() sees it from here on.
-            self._reserving = max(0, self._reserving - 1)
-        self._offer(message_id)
+        self._backlog.committed()
+        self._work.offer(message_id)
 
     @property
     def backlog(self) -> int:
         """Accepted and unfinished messages this instance counts against QUEUE_MAXSIZE."""
-        return self._backlog
+        return self._backlog.count
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
-
-    def _offer(self, message_id: str) -> bool:
-        """Put an id in the queue unless it is there already or the queue is full.
-
-        A full queue loses nothing: the row is queued in the database and the
-        scheduler offers it again once there is room.
-        """
-        if self._stopping.is_set():
-            return False
-        with self._lock:
-            if message_id in self._pending:
-                return False
-            self._pending.add(message_id)
-        try:
-            self._queue.put_nowait(message_id)
-        except queue.Full:
-            with self._lock:
-                self._pending.discard(message_id)
-            return False
-        return True
-
-    def _retry_after_locked(self) -> int:
-        """Seconds until about a tenth of the backlog has drained at the recent rate."""
-        now = self._clock()
-        while self._finished and self._finished[0][0] < now - _RATE_WINDOW:
-            self._finished.popleft()
-        done = sum(count for _, count in self._finished)
-        if done == 0:
-            return _RETRY_AFTER_UNKNOWN
-        rate = done / _RATE_WINDOW
-        wanted = max(1, self._maxsize // 10)
-        seconds = math.ceil(wanted / rate)
-        return min(_RETRY_AFTER_MAX, max(_RETRY_AFTER_MIN, seconds))
-
-    def _finish(self, count: int) -> None:
-        if count <= 0:
-            return
-        with self._lock:
-            self._backlog = max(0, self._backlog - count)
-            self._finished.append((self._clock(), count))
+        return self._work.depth
 
     # -- delivery threads -----------------------------------------------------------
 
@@ -274,16 +168,9 @@ class MailQueueWorker:
         sender: Sender | None = None
         try:
             while not self._stopping.is_set():
-                try:
-                    first = self._queue.get(timeout=_GET_TIMEOUT)
-                except queue.Empty:
+                ids = self._work.take(self._batch_size, _GET_TIMEOUT)
+                if not ids:
                     continue
-                ids = [first]
-                while len(ids) < self._batch_size:
-                    try:
-                        ids.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
                 try:
                     if sender is None:
                         sender = self._sender_factory()
@@ -296,8 +183,7 @@ class MailQueueWorker:
                     sender = None
                     self._stopping.wait(self._settings.poll_interval)
                 finally:
-                    with self._lock:
-                        self._pending.difference_update(ids)
+                    self._work.forget(ids)
         finally:
             self._close_sender(sender)
 
@@ -325,29 +211,14 @@ class MailQueueWorker:
             self._stopping.wait(self._settings.poll_interval)
             return
         finally:
-            # Claimed rows are in `sending` now and the rest are someone else's
-            # or not due: either way the scheduler may offer these ids again.
-            with self._lock:
-                self._pending.difference_update(ids)
-                self._in_flight += len(claimed)
+            self._work.claimed(ids, len(claimed))
         while claimed:
             next_claimed: list[ClaimedMessage] = []
             try:
                 next_claimed = self._send_claimed(claimed, owner, sender)
             finally:
-                with self._lock:
-                    self._in_flight -= len(claimed)
+                self._work.landed(len(claimed))
             claimed = next_claimed
-
-    def _take_ready(self) -> list[str]:
-        """Up to a batch of ids already waiting in the queue, without blocking."""
-        ids: list[str] = []
-        while len(ids) < self._batch_size and not self._stopping.is_set():
-            try:
-                ids.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return ids
 
     def _send_claimed(
         self, claimed: list[ClaimedMessage], owner: str, sender: Sender
@@ -374,7 +245,7 @@ class MailQueueWorker:
         return self._record_and_claim(outcomes, owner)
 
     def _record_and_claim(self, outcomes: list[Outcome], owner: str) -> list[ClaimedMessage]:
-        ids = self._take_ready()
+        ids = self._work.take_ready(self._batch_size)
         if not ids:
             self._record(outcomes)
             return []
@@ -390,49 +261,53 @@ class MailQueueWorker:
             self._record(outcomes)
             return []
         finally:
-            with self._lock:
-                self._pending.difference_update(ids)
-                self._in_flight += len(claimed)
+            self._work.claimed(ids, len(claimed))
         self._recorded(outcomes)
         return claimed
 
     def _attempt(self, message: ClaimedMessage, sender: Sender) -> Outcome:
+        """One attempt of one message, and what the retry policy makes of it."""
         started = self._clock()
         began = time.perf_counter()
-        error: mailer.DeliveryError | None
+        error: DeliveryError | None = None
+        rejected = []
         try:
-            result = sender.send(message.rendered)
-        except mailer.DeliveryError as exc:
+            rejected = list(sender.send(message.rendered).rejected)
+        except DeliveryError as exc:
             error = exc
         except Exception as exc:
             # A bug or an unclassified failure: retry it like a temporary error,
             # so the message is neither lost nor failed by our own fault.
             log.exception("unexpected error while sending %s", message.id)
-            error = mailer.TemporaryDeliveryError(f"internal error: {type(exc).__name__}")
-        else:
-            self._observe("sent", None, began)
-            return Outcome(
-                id=message.id,
-                attempt=message.attempt,
-                rejected=list(result.rejected),
-                started_at=started,
-            )
-        retry_at: float | None = None
-        if error.temporary and message.attempt <= self._settings.smtp_max_retries:
-            delay = mailer.backoff_delay(
-                message.attempt,
-                self._settings.smtp_backoff_base,
-                self._settings.smtp_backoff_max,
-                self._rng,
-            )
-            retry_at = self._clock() + delay
+            error = TemporaryDeliveryError(f"internal error: {type(exc).__name__}")
+        decision = self._retry.decide(message.attempt, error)
+        retry_at = self._clock() + decision.delay if decision.action == "retry" else None
+        if error is not None:
+            self._log_failure(message, error, decision.delay if retry_at is not None else None)
+        outcome = {"done": "sent", "retry": "retried", "fail": "failed"}[decision.action]
+        if self._metrics is not None:
+            code = error.code if error is not None else None
+            self._metrics.record_delivery("async", outcome, code, time.perf_counter() - began)
+        return Outcome(
+            id=message.id,
+            attempt=message.attempt,
+            error=error,
+            rejected=rejected,
+            retry_at=retry_at,
+            started_at=started,
+        )
+
+    @staticmethod
+    def _log_failure(message: ClaimedMessage, error: DeliveryError, delay: float | None) -> None:
+        extra = {"message_id": message.rendered.message_id}
+        if delay is not None:
             log.info(
                 "temporary failure of %s (attempt %d), retry in %.1fs: %s",
                 message.id,
                 message.attempt,
                 delay,
                 error.reply,
-                extra={"message_id": message.rendered.message_id},
+                extra=extra,
             )
         else:
             log.warning(
@@ -440,20 +315,8 @@ class MailQueueWorker:
                 message.id,
                 message.attempt,
                 error.reply,
-                extra={"message_id": message.rendered.message_id},
+                extra=extra,
             )
-        self._observe("retried" if retry_at is not None else "failed", error.code, began)
-        return Outcome(
-            id=message.id,
-            attempt=message.attempt,
-            error=error,
-            retry_at=retry_at,
-            started_at=started,
-        )
-
-    def _observe(self, outcome: str, code: int | None, began: float) -> None:
-        if self._metrics is not None:
-            self._metrics.record_delivery("async", outcome, code, time.perf_counter() - began)
 
     def _record(self, outcomes: Sequence[Outcome]) -> None:
         """Write the batch's outcomes, retrying while the database is away.
@@ -476,11 +339,13 @@ class MailQueueWorker:
 
     def _recorded(self, outcomes: Sequence[Outcome]) -> None:
         """Account for written outcomes: remember the retries, count the finished."""
-        with self._lock:
-            for outcome in outcomes:
-                if outcome.retry_at is not None:
-                    heapq.heappush(self._retries, (outcome.retry_at, outcome.id))
-        self._finish(sum(1 for o in outcomes if o.retry_at is None))
+        finished = 0
+        for outcome in outcomes:
+            if outcome.status == "queued" and outcome.retry_at is not None:
+                self._work.add_retry(outcome.retry_at, outcome.id)
+            else:
+                finished += 1
+        self._backlog.finish(finished)
 
     def _unclaim(self, claimed: Sequence[ClaimedMessage], owner: str) -> None:
         try:
@@ -492,7 +357,7 @@ class MailQueueWorker:
             )
             return
         for message in claimed:
-            self._offer(message.id)
+            self._work.offer(message.id)
 
     # -- scheduler --------------------------------------------------------------------
 
@@ -505,7 +370,7 @@ class MailQueueWorker:
                 now = time.monotonic()
                 if now - last_resync >= self.resync_interval:
                     last_resync = now
-                    self._resync_backlog()
+                    self._backlog.resync(self._outbox.count_unfinished())
                 if now - last_purge >= self.purge_interval:
                     last_purge = now
                     self._purge()
@@ -528,21 +393,14 @@ class MailQueueWorker:
         counts, not ids) is found by the unconditional pass every
         full_pass_interval seconds.
         """
-        room = self._maxsize - self._queue.qsize()
+        room = self._work.room
         if room <= 0 or self._stopping.is_set():
             return
-        now = self._clock()
-        due: list[str] = []
-        with self._lock:
-            while self._retries and self._retries[0][0] <= now:
-                due.append(heapq.heappop(self._retries)[1])
-        for message_id in due:
+        for message_id in self._work.due_retries(self._clock()):
             # Refused only when the queue is full: then the count below misses it.
-            self._offer(message_id)
-        with self._lock:
-            waiting = len(self._pending)
-            known = waiting + self._in_flight + len(self._retries)
-            unaccounted = self._backlog - self._reserving - known
+            self._work.offer(message_id)
+        waiting, known = self._work.known()
+        unaccounted = self._backlog.stored - known
         started = time.monotonic()
         if (
             not force
@@ -557,13 +415,8 @@ class MailQueueWorker:
         # lies beyond is found once the queue has drained (oldest due first).
         limit = room + min(waiting, _LOOK_PAST)
         for message_id in self._outbox.due_ids(limit):
-            if not self._offer(message_id) and self._queue.full():
+            if not self._work.offer(message_id) and self._work.full():
                 break
-
-    def _resync_backlog(self) -> None:
-        unfinished = self._outbox.count_unfinished()
-        with self._lock:
-            self._backlog = unfinished + self._reserving
 
     def _purge(self) -> None:
         now = self._clock()

@@ -14,14 +14,10 @@ import pytest
 from fastapi.exceptions import HTTPException, RequestValidationError
 
 from service import db, mailer
-from service.app import (
-    BodySizeLimit,
-    RateLimiter,
-    _replay_after_race,
-    database_call,
-    request_hash,
-    run_in_daemon_thread,
-)
+from service.api.idempotency import IdempotencyKey, replay_after_race, request_hash
+from service.api.middleware import BodySizeLimit
+from service.api.offload import database_call, run_in_daemon_thread
+from service.api.ratelimit import RateLimiter
 from service.config import Settings
 from service.models import SendRequest
 from tests.pg import throwaway_schema
@@ -112,7 +108,7 @@ def test_injected_sender_factory_serves_the_sync_path_and_is_reused(
     make_client: MakeClient, settings: Settings
 ) -> None:
     factory = CountingFactory(settings)
-    client = make_client(settings, smtp_sender_factory=factory)
+    client = make_client(settings, sender_factory=factory)
     for _ in range(3):
         assert client.post("/send", json=MESSAGE, headers=AUTH).status_code == 200
     assert len(factory.made) == 1
@@ -129,7 +125,7 @@ class BrokenSender:
 def test_a_bug_in_the_sender_answers_500_failed_and_is_recorded(
     make_client: MakeClient, settings: Settings, db_path: Path
 ) -> None:
-    client = make_client(settings, smtp_sender_factory=BrokenSender)
+    client = make_client(settings, sender_factory=BrokenSender)
     response = client.post("/send", json=MESSAGE, headers=AUTH)
     assert response.status_code == 500
     assert response.json()["status"] == "failed"
@@ -169,7 +165,7 @@ def stored(outbox: db.Outbox, scope: str, code: int | None) -> str:
 
 def test_losing_the_insert_race_replays_the_winner(outbox: db.Outbox, settings: Settings) -> None:
     hashed = stored(outbox, "fp:key", 202)
-    response = asyncio.run(_replay_after_race(outbox, "fp:key", hashed, settings))
+    response = asyncio.run(replay_after_race(outbox, IdempotencyKey("fp:key", hashed), settings))
     assert response.status_code == 202
     assert response.body == b'{"ok": true}'
 
@@ -179,19 +175,19 @@ def test_losing_the_race_to_a_request_in_progress_is_409(
 ) -> None:
     hashed = stored(outbox, "fp:key", None)
     with pytest.raises(HTTPException) as info:
-        asyncio.run(_replay_after_race(outbox, "fp:key", hashed, settings))
+        asyncio.run(replay_after_race(outbox, IdempotencyKey("fp:key", hashed), settings))
     assert info.value.status_code == 409
 
 
 def test_losing_the_race_with_another_body_is_422(outbox: db.Outbox, settings: Settings) -> None:
     stored(outbox, "fp:key", 202)
     with pytest.raises(RequestValidationError):
-        asyncio.run(_replay_after_race(outbox, "fp:key", "another-hash", settings))
+        asyncio.run(replay_after_race(outbox, IdempotencyKey("fp:key", "another-hash"), settings))
 
 
 def test_race_on_a_key_purged_meanwhile_is_409(outbox: db.Outbox, settings: Settings) -> None:
     with pytest.raises(HTTPException) as info:
-        asyncio.run(_replay_after_race(outbox, "fp:gone", "hash", settings))
+        asyncio.run(replay_after_race(outbox, IdempotencyKey("fp:gone", "hash"), settings))
     assert info.value.status_code == 409
 
 

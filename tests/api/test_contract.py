@@ -244,7 +244,7 @@ def test_send_async_when_the_database_is_locked_is_503_and_nothing_is_stored(
 
 
 def test_send_async_after_the_worker_stopped_is_503(client: TestClient, settings: Settings) -> None:
-    client.app.state.worker.stop(0)  # type: ignore[attr-defined]
+    client.app.state.services.worker.stop(0)  # type: ignore[attr-defined]
     response = client.post("/send_async", json=MESSAGE, headers=AUTH)
     assert_error_shape(response, 503)
     assert "Retry-After" in response.headers

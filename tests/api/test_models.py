@@ -12,14 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from service.models import (
-    _SURROGATE,
-    MessageStatus,
-    SendRequest,
-    SendResponse,
-    _bad_character,
-    _encodable,
+from service.models import MessageStatus, SendRequest, SendResponse
+from service.syntax import (
+    SURROGATE,
+    bad_character,
     canonical_address,
+    check_encodable,
     parse_address,
 )
 
@@ -294,16 +292,16 @@ def test_forbidden_header_characters_are_exactly_the_unicode_categories() -> Non
     for code in range(sys.maxunicode + 1):
         char = chr(code)
         category = unicodedata.category(char)
-        assert (_bad_character(char) is not None) == (category in header_forbidden), hex(code)
-        assert (_SURROGATE.search(char) is not None) == (category == "Cs"), hex(code)
+        assert (bad_character(char) is not None) == (category in header_forbidden), hex(code)
+        assert (SURROGATE.search(char) is not None) == (category == "Cs"), hex(code)
 
 
 def test_the_first_forbidden_character_is_the_one_named() -> None:
-    assert _bad_character("ok\u2028then\r\n") == "U+2028"
+    assert bad_character("ok\u2028then\r\n") == "U+2028"
     with pytest.raises(ValueError, match=r"U\+D800"):
-        _encodable("text \ud800 more \udfff")
+        check_encodable("text \ud800 more \udfff")
 
 
 def test_a_lone_surrogate_at_the_end_of_10_mb_of_text_is_found() -> None:
     with pytest.raises(ValueError, match="lone surrogate U\\+DC00"):
-        _encodable("x" * 10_000_000 + "\udc00")
+        check_encodable("x" * 10_000_000 + "\udc00")

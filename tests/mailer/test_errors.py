@@ -18,16 +18,21 @@ from service.mailer import (
     SendResult,
     SMTPProtocolError,
     TemporaryDeliveryError,
-    backoff_delay,
     classify,
-    send_with_retries,
 )
+from service.retry import RetryPolicy, send_with_retries
 
 pytestmark = pytest.mark.unit
 
 MESSAGE = RenderedMessage(
     message_id="<1@example.com>", mail_from="a@example.com", rcpt_tos=["b@example.com"], data=b"x"
 )
+
+
+def backoff_delay(retry_number: int, base: float, cap: float, rng: random.Random) -> float:
+    return RetryPolicy(max_retries=0, backoff_base=base, backoff_max=cap, rng=rng).backoff(
+        retry_number
+    )
 
 
 def test_error_hierarchy_is_pinned() -> None:
@@ -227,12 +232,9 @@ def run(script: Script, max_retries: int = 3) -> tuple[list[float], list[tuple[i
         send_with_retries(
             script,
             MESSAGE,
-            max_retries=max_retries,
-            backoff_base=1.0,
-            backoff_max=60.0,
+            RetryPolicy(max_retries, backoff_base=1.0, backoff_max=60.0, rng=random.Random(3)),
             sleep=sleeps.append,
-            rng=random.Random(3),
-            on_attempt=lambda n, err: attempts.append((n, None if err is None else str(err))),
+            on_attempt=lambda n, err, _: attempts.append((n, None if err is None else str(err))),
         )
     finally:
         script.attempts = attempts  # type: ignore[attr-defined]
@@ -288,7 +290,10 @@ def test_default_rng_and_no_callback_work() -> None:
     script = Script(TemporaryDeliveryError("busy", code=451))
     sleeps: list[float] = []
     send_with_retries(
-        script, MESSAGE, max_retries=1, backoff_base=0.5, backoff_max=1.0, sleep=sleeps.append
+        script,
+        MESSAGE,
+        RetryPolicy(max_retries=1, backoff_base=0.5, backoff_max=1.0),
+        sleep=sleeps.append,
     )
     assert script.calls == 2
     assert 0.25 <= sleeps[0] <= 0.5

@@ -20,8 +20,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from service import mailer
-from service.mailer import render_message
+from service.mailer import encode, render_message
 from service.models import SendRequest
 
 pytestmark = pytest.mark.unit
@@ -119,15 +118,15 @@ def test_fast_path_matches_the_compat32_path(
         *extra.items(),
     ]
     # Only what render_message would give the compat32 path at all.
-    if not all(mailer._compat32_folds(n, v) for n, v in headers if n not in ("From", "To")):
+    if not all(encode.compat32_folds(n, v) for n, v in headers if n not in ("From", "To")):
         return
-    if not all(mailer._compat32_folds("Reply-To", n) for n in (from_name, *to_names)):
+    if not all(encode.compat32_folds("Reply-To", n) for n in (from_name, *to_names)):
         return
-    assert mailer._fast_body_ok(body)
-    assert mailer._fast_body_ok(html)
+    assert encode.fast_body_ok(body)
+    assert encode.fast_body_ok(html)
 
-    fast = mailer._render_fast(headers, body, html)
-    slow = mailer._render_compat32(headers, body, html)
+    fast = encode.render_fast(headers, body, html)
+    slow = encode.render_compat32(headers, body, html)
 
     assert_wire_format(fast)
     fast_head, _, _ = without_boundary(fast).partition(b"\r\n\r\n")
@@ -156,7 +155,7 @@ def test_common_messages_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> 
     def refuse(*args: object) -> bytes:
         raise AssertionError("took the compat32 path")
 
-    monkeypatch.setattr(mailer, "_render_compat32", refuse)
+    monkeypatch.setattr(encode, "render_compat32", refuse)
     for request in (
         make(),
         make(html="<p>Hi</p>"),
@@ -171,13 +170,13 @@ def test_a_body_with_carriage_returns_takes_the_compat32_path(
 ) -> None:
     """CR (lone or in CRLF) is left to the generator, which turns every one into CRLF."""
     calls = []
-    real = mailer._render_compat32
+    real = encode.render_compat32
 
     def spy(*args: Any) -> bytes:
         calls.append(args)
         return real(*args)
 
-    monkeypatch.setattr(mailer, "_render_compat32", spy)
+    monkeypatch.setattr(encode, "render_compat32", spy)
     rendered = render_message(make(body="a\r\nb\rc\n"), default_from="noreply@localhost")
     assert len(calls) == 1
     assert rendered.data.endswith(b"\r\n\r\na\r\nb\r\nc\r\n")
@@ -190,6 +189,6 @@ def test_multipart_boundary_never_occurs_in_a_7bit_part(monkeypatch: pytest.Monk
     draws = iter([taken, fresh])
     monkeypatch.setattr(uuid, "uuid4", lambda: next(draws))
     body = f"see --=_{taken.hex} here\n"
-    data = mailer._render_fast([("Subject", "x")], body, "<p>x</p>")
+    data = encode.render_fast([("Subject", "x")], body, "<p>x</p>")
     assert f'boundary="=_{fresh.hex}"'.encode() in data
     assert texts(parse(data)) == [("text/plain", body), ("text/html", "<p>x</p>")]

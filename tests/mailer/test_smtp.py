@@ -19,6 +19,7 @@ from aiosmtpd.smtp import TLSSetupException
 from fakesmtp import FakeSMTPServer, FaultRule
 from fakesmtp.certs import make_self_signed
 from service import mailer
+from service.mailer import smtp as mailer_smtp
 from service.mailer import (
     ConnectionPool,
     DeliveryError,
@@ -27,10 +28,11 @@ from service.mailer import (
     RenderedMessage,
     SMTPConnection,
     TemporaryDeliveryError,
+    connection_factory,
     render_message,
-    send_with_retries,
 )
 from service.models import SendRequest
+from service.retry import RetryPolicy, send_with_retries
 
 from .conftest import RawServer, scripted_smtp, settings_for
 
@@ -52,12 +54,9 @@ def retry(send: Any, msg: RenderedMessage, attempts: list[DeliveryError | None])
     return send_with_retries(
         send,
         msg,
-        max_retries=3,
-        backoff_base=1.0,
-        backoff_max=60.0,
+        RetryPolicy(max_retries=3, backoff_base=1.0, backoff_max=60.0, rng=random.Random(0)),
         sleep=lambda _: None,  # no real backoff waits in tests
-        rng=random.Random(0),
-        on_attempt=lambda _n, err: attempts.append(err),
+        on_attempt=lambda _n, err, _decision: attempts.append(err),
     )
 
 
@@ -458,7 +457,7 @@ def test_421_at_mail_on_a_fresh_connection_is_temporary(
 
 
 def test_pool_reuses_connections_sequentially(fakesmtp: FakeSMTPServer) -> None:
-    pool = ConnectionPool(settings_for(fakesmtp))
+    pool = ConnectionPool(connection_factory(settings_for(fakesmtp)))
     for _ in range(5):
         pool.send(message())
     pool.close()
@@ -467,7 +466,7 @@ def test_pool_reuses_connections_sequentially(fakesmtp: FakeSMTPServer) -> None:
 
 
 def test_pool_serves_threads_concurrently(fakesmtp: FakeSMTPServer) -> None:
-    pool = ConnectionPool(settings_for(fakesmtp), max_idle=2)
+    pool = ConnectionPool(connection_factory(settings_for(fakesmtp)), max_idle=2)
     errors: list[BaseException] = []
 
     def worker() -> None:
@@ -491,7 +490,7 @@ def test_pool_serves_threads_concurrently(fakesmtp: FakeSMTPServer) -> None:
 def test_pool_keeps_a_session_after_a_refusal_and_drops_a_broken_one(
     fakesmtp: FakeSMTPServer,
 ) -> None:
-    pool = ConnectionPool(settings_for(fakesmtp))
+    pool = ConnectionPool(connection_factory(settings_for(fakesmtp)))
     fakesmtp.add_fault(FaultRule(stage="rcpt", code=550, times=1))
     with pytest.raises(PermanentDeliveryError):
         pool.send(message())
@@ -510,14 +509,16 @@ def test_pool_with_tls_shares_one_context(
 ) -> None:
     cert, key = certs
     server = fakesmtp_factory(tls_cert=cert, tls_key=key)
-    pool = ConnectionPool(settings_for(server, smtp_security="starttls", smtp_ca_file=cert))
+    pool = ConnectionPool(
+        connection_factory(settings_for(server, smtp_security="starttls", smtp_ca_file=cert))
+    )
     pool.send(message())
     pool.close()
     assert server.wait_for(1)[0].tls
 
 
 def test_pool_close_closes_connections_returned_later(fakesmtp: FakeSMTPServer) -> None:
-    pool = ConnectionPool(settings_for(fakesmtp))
+    pool = ConnectionPool(connection_factory(settings_for(fakesmtp)))
     pool.close()
     pool.send(message())  # a send racing close still works, its session is not kept
     assert len(fakesmtp.wait_for(1)) == 1
@@ -697,7 +698,7 @@ def test_server_that_stops_reading_the_message_is_bounded(
     raw_server: RawServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A server that never reads the message body cannot hold a thread for ever."""
-    monkeypatch.setattr(mailer, "_MIN_SEND_RATE", 1e12)  # the budget is SMTP_TIMEOUT alone
+    monkeypatch.setattr(mailer_smtp, "_MIN_SEND_RATE", 1e12)  # the budget is SMTP_TIMEOUT alone
 
     def stalls(conn: socket.socket, stop: threading.Event) -> None:
         _accept_until_data(conn)

@@ -21,6 +21,7 @@ from service.db import (
     Outcome,
     make_engine,
 )
+from service.db import engine as db_engine
 from service.mailer import PermanentDeliveryError, RejectedRecipient, TemporaryDeliveryError
 
 from .conftest import FakeClock, OutboxFactory, make_settings, new_message
@@ -604,7 +605,7 @@ def test_insert_when_the_disk_is_full_is_unavailable(
 def test_insert_while_another_writer_holds_the_lock_past_busy_timeout_is_unavailable(
     sqlite_url: str, outbox_factory: OutboxFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr(db_engine, "SQLITE_BUSY_TIMEOUT_MS", 100)
     outbox = outbox_factory(sqlite_url)
     blocker = make_engine(make_settings(sqlite_url))
     try:

@@ -1,0 +1,174 @@
+"""The accept path's writes (group-committed inserts, idempotency) and the
+synchronous path's attempt log."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from service.db.schema import messages_table
+from service.db.statements import attempt_row, rejected_json
+from service.db.store import Store
+from service.errors import DatabaseUnavailable, IdempotencyKeyTaken
+from service.types import IdempotencyRecord, NewMessage, Outcome
+
+__all__ = ["AcceptWrites"]
+
+_m = messages_table.c
+
+
+class AcceptWrites(Store):
+    def insert(self, message: NewMessage) -> None:
+        """Commit one message (status queued for async, sending for sync).
+        Raises IdempotencyKeyTaken or DatabaseUnavailable.
+
+        The write insert_many() does, for one row, raising its error. The service's
+        requests insert through the committer (service/group_commit.py), which
+        calls insert_many().
+        """
+        self._check_sqlite_file()
+        self._execute_insert([message])
+
+    def insert_many(self, messages: Sequence[NewMessage]) -> list[Exception | None]:
+        """Commit several messages in one transaction (group commit); one result each.
+
+        A message's result is None when it is stored, else the exception insert()
+        would have raised for it. When the batch fails on one row's constraint (an
+        idempotency key taken), the rows are retried one by one so that only that
+        row fails; when the database fails, every row gets DatabaseUnavailable.
+        """
+        try:
+            self._check_sqlite_file()
+            self._execute_insert(messages)
+        except DatabaseUnavailable as exc:
+            return [exc] * len(messages)
+        except (IdempotencyKeyTaken, IntegrityError) as exc:
+            if len(messages) == 1:
+                return [exc]
+        else:
+            return [None] * len(messages)
+        results: list[Exception | None] = []
+        for message in messages:
+            try:
+                self._execute_insert([message])
+            except (DatabaseUnavailable, IdempotencyKeyTaken, IntegrityError) as exc:
+                results.append(exc)
+            else:
+                results.append(None)
+        return results
+
+    def _row(self, message: NewMessage, now: float) -> Any:
+        rendered = message.rendered
+        is_async = message.mode == "async"
+        return self._insert.params(
+            {
+                "id": message.id,
+                "mode": message.mode,
+                "status": "queued" if is_async else "sending",
+                "mail_from": rendered.mail_from,
+                "rcpt_tos": json.dumps(rendered.rcpt_tos),
+                "to_addrs": json.dumps(message.to),
+                "subject": message.subject,
+                "message_id": rendered.message_id,
+                "smtputf8": rendered.smtputf8,
+                "raw": rendered.data,
+                "attempts": 0,
+                "created_at": now,
+                "updated_at": now,
+                "next_attempt_at": now if is_async else None,
+                "lease_until": None if is_async else now + self._lease_seconds,
+                "idempotency_scope": message.idempotency_scope,
+                "request_hash": message.request_hash,
+                "response_code": message.response_code,
+                "response_body": message.response_body,
+            }
+        )
+
+    def _execute_insert(self, messages: Sequence[NewMessage]) -> None:
+        now = self._clock()
+        sql = self._insert.sql
+        rows = [self._row(message, now) for message in messages]
+        with self._driver() as cursor:
+            try:
+                if len(rows) == 1:
+                    cursor.execute(sql, rows[0])
+                else:
+                    cursor.executemany(sql, rows)
+            except self._dbapi.IntegrityError as exc:
+                scope = messages[0].idempotency_scope
+                if len(messages) == 1 and scope is not None and "idempotency_scope" in str(exc):
+                    raise IdempotencyKeyTaken(scope) from exc
+                raise IntegrityError(sql, rows, exc) from exc
+
+    def find_idempotent(
+        self, scope: str, *, not_before: float | None = None
+    ) -> IdempotencyRecord | None:
+        """The message stored under this idempotency scope (created at or after
+        `not_before`, when given, so an expired key that purge() has not yet
+        reached is treated as absent)."""
+        query = sa.select(
+            _m.id, _m.request_hash, _m.response_code, _m.response_body, _m.created_at
+        ).where(_m.idempotency_scope == scope)
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        if row is None or (not_before is not None and row.created_at < not_before):
+            return None
+        return IdempotencyRecord(
+            message_id=row.id,
+            request_hash=row.request_hash or "",
+            response_code=row.response_code,
+            response_body=row.response_body,
+        )
+
+    # -- the synchronous path ---------------------------------------------------------
+
+    def record_attempt(self, outcome: Outcome) -> None:
+        """Log one attempt of a synchronous send that will be retried inline.
+
+        The lease is renewed to cover the wait before the next attempt
+        (`outcome.retry_at`, when known) plus one lease period.
+        """
+        now = self._clock()
+        wait_until = max(now, outcome.retry_at or now)
+        error = outcome.error
+        with self._tx() as conn:
+            conn.execute(
+                messages_table.update()
+                .where(_m.id == outcome.id, _m.status == "sending")
+                .values(
+                    attempts=outcome.attempt,
+                    last_error=str(error) if error is not None else None,
+                    last_code=error.code if error is not None else None,
+                    updated_at=now,
+                    lease_until=wait_until + self._lease_seconds,
+                )
+            )
+            conn.execute(self._attempt_insert, [attempt_row(outcome, now)])
+
+    def finish_sync(self, outcome: Outcome, response_code: int, response_body: str) -> None:
+        """Record the final outcome of a synchronous send and the answer given."""
+        now = self._clock()
+        error = outcome.error
+        with self._tx() as conn:
+            conn.execute(
+                messages_table.update()
+                .where(_m.id == outcome.id)
+                .values(
+                    status="sent" if error is None else "failed",
+                    attempts=outcome.attempt,
+                    last_error=str(error) if error is not None else None,
+                    last_code=error.code if error is not None else None,
+                    rejected=rejected_json(outcome.rejected),
+                    sent_at=now if error is None else None,
+                    updated_at=now,
+                    lease_until=None,
+                    owner=None,
+                    response_code=response_code,
+                    response_body=response_body,
+                )
+            )
+            conn.execute(self._attempt_insert, [attempt_row(outcome, now)])

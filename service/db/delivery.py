@@ -1,0 +1,233 @@
+"""The delivery path: claims under a lease, outcomes, the scheduler's queries."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from service.db.schema import messages_table
+from service.db.statements import attempt_row, rejected_json
+from service.db.store import Store
+from service.types import ClaimedMessage, Outcome, RenderedMessage
+
+__all__ = ["INTERRUPTED_SYNC_ERROR", "DeliveryWrites"]
+
+log = logging.getLogger("service.db")
+
+_m = messages_table.c
+
+# What a synchronous row left in `sending` by a dead process becomes: we never
+# finish a sync send in the background, because its caller got no 200 and may
+# already have tried again; the honest record is that nobody knows.
+INTERRUPTED_SYNC_ERROR = (
+    "interrupted: the service stopped during a synchronous send; outcome unknown"
+)
+
+
+class DeliveryWrites(Store):
+    def claim(self, ids: Sequence[str], owner: str, lease_seconds: float) -> list[ClaimedMessage]:
+        """queued and due -> sending, in one statement; returns only rows this call won."""
+        if not ids:
+            return []
+        now = self._clock()
+        with self._driver() as cursor:
+            return self._claim_in(cursor, ids, owner, lease_seconds, now)
+
+    def record_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        ids: Sequence[str],
+        owner: str,
+        lease_seconds: float,
+    ) -> list[ClaimedMessage]:
+        """record_outcomes() and then claim(), in one transaction: one commit per
+        batch on the delivery path instead of two.
+
+        Either both happen or neither (DatabaseUnavailable): the claimed rows are
+        in `sending` under a lease exactly as after claim().
+        """
+        if not outcomes:
+            return self.claim(ids, owner, lease_seconds)
+        now = self._clock()
+        with self._driver() as cursor:
+            self._record_in(cursor, outcomes, now)
+            if not ids:
+                return []
+            return self._claim_in(cursor, ids, owner, lease_seconds, now)
+
+    def _claim_in(
+        self, cursor: Any, ids: Sequence[str], owner: str, lease_seconds: float, now: float
+    ) -> list[ClaimedMessage]:
+        statement = self._claim_for(len(ids))
+        values: dict[str, Any] = {f"b_id{n}": message_id for n, message_id in enumerate(ids)}
+        values.update(b_now=now, b_lease_until=now + lease_seconds, b_owner=owner)
+        cursor.execute(statement.sql, statement.params(values))
+        rows = cursor.fetchall()
+        order = {message_id: n for n, message_id in enumerate(ids)}
+        rows.sort(key=lambda row: order.get(row[0], 0))
+        return [
+            ClaimedMessage(
+                id=id_,
+                attempt=attempts,
+                rendered=RenderedMessage(
+                    message_id=message_id,
+                    mail_from=mail_from,
+                    rcpt_tos=json.loads(rcpt_tos),
+                    data=bytes(raw) if raw is not None else b"",
+                    smtputf8=bool(smtputf8),
+                ),
+            )
+            # In the order of the statement's RETURNING clause.
+            for id_, attempts, mail_from, rcpt_tos, message_id, smtputf8, raw in rows
+        ]
+
+    def unclaim(self, claimed: Sequence[ClaimedMessage], owner: str) -> int:
+        """Put claimed-but-unsent messages back to queued, due now, the claim undone.
+
+        Only rows still held by this owner under this attempt are touched, so a
+        message whose lease already expired and was taken by someone else is left
+        alone.
+        """
+        if not claimed:
+            return 0
+        now = self._clock()
+        statement = (
+            messages_table.update()
+            .where(
+                _m.id == sa.bindparam("b_id"),
+                _m.status == "sending",
+                _m.owner == owner,
+                _m.attempts == sa.bindparam("b_attempt"),
+            )
+            .values(
+                status="queued",
+                attempts=_m.attempts - 1,
+                lease_until=None,
+                owner=None,
+                next_attempt_at=now,
+                updated_at=now,
+            )
+        )
+        params = [{"b_id": c.id, "b_attempt": c.attempt} for c in claimed]
+        with self._tx() as conn:
+            result = conn.execute(statement, params)
+        return max(result.rowcount, 0)
+
+    def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """Write statuses (sent / failed / queued with retry time) and attempt rows,
+        one transaction.
+
+        A status is only written while the row is still in `sending` under the
+        same attempt: if the lease ran out and another worker took the message,
+        its newer state wins. The attempt row is logged either way.
+        """
+        if not outcomes:
+            return
+        now = self._clock()
+        with self._driver() as cursor:
+            self._record_in(cursor, outcomes, now)
+
+    def _record_in(self, cursor: Any, outcomes: Sequence[Outcome], now: float) -> None:
+        updates = []
+        for outcome in outcomes:
+            error, status = outcome.error, outcome.status
+            updates.append(
+                self._outcome.params(
+                    {
+                        "b_id": outcome.id,
+                        "b_attempt": outcome.attempt,
+                        "status": status,
+                        "last_error": str(error) if error is not None else None,
+                        "last_code": error.code if error is not None else None,
+                        "rejected": rejected_json(outcome.rejected),
+                        "sent_at": now if error is None else None,
+                        "next_attempt_at": outcome.retry_at if status == "queued" else None,
+                        "b_now": now,
+                    }
+                )
+            )
+        cursor.executemany(self._outcome.sql, updates)
+        attempts = [self._attempt.params(attempt_row(o, now)) for o in outcomes]
+        cursor.executemany(self._attempt.sql, attempts)
+
+    def due_ids(self, limit: int) -> list[str]:
+        """Ids of async messages that are queued and due now, oldest due first."""
+        if limit <= 0:
+            return []
+        query = (
+            sa.select(_m.id)
+            .where(_m.status == "queued", _m.next_attempt_at <= self._clock(), _m.mode == "async")
+            .order_by(_m.next_attempt_at)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return list(conn.execute(query).scalars())
+
+    def reclaim_expired_leases(self) -> int:
+        """Async rows in sending past their lease go back to queued; sync rows become failed."""
+        now = self._clock()
+        expired = sa.and_(_m.status == "sending", _m.lease_until < now)
+        with self._tx() as conn:
+            requeued = conn.execute(
+                messages_table.update()
+                .where(expired, _m.mode == "async")
+                .values(
+                    status="queued",
+                    next_attempt_at=now,
+                    lease_until=None,
+                    owner=None,
+                    updated_at=now,
+                )
+            ).rowcount
+            failed = conn.execute(
+                messages_table.update()
+                .where(expired, _m.mode == "sync")
+                .values(
+                    status="failed",
+                    last_error=INTERRUPTED_SYNC_ERROR,
+                    lease_until=None,
+                    owner=None,
+                    updated_at=now,
+                )
+            ).rowcount
+        if requeued or failed:
+            log.warning(
+                "reclaimed expired leases: %d async message(s) re-queued, %d sync message(s) "
+                "marked failed",
+                requeued,
+                failed,
+            )
+        return int(requeued) + int(failed)
+
+    def count_unfinished(self) -> int:
+        """Async messages queued or sending (the backlog QUEUE_MAXSIZE bounds)."""
+        query = (
+            sa.select(sa.func.count())
+            .select_from(messages_table)
+            .where(_m.status.in_(("queued", "sending")), _m.mode == "async")
+        )
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def purge(self, *, idempotency_before: float, bodies_sent_before: float | None) -> None:
+        """Forget idempotency keys older than the TTL; drop bodies of old sent messages."""
+        with self._tx() as conn:
+            conn.execute(
+                messages_table.update()
+                .where(_m.idempotency_scope.is_not(None), _m.created_at < idempotency_before)
+                .values(idempotency_scope=None)
+            )
+            if bodies_sent_before is not None:
+                conn.execute(
+                    messages_table.update()
+                    .where(
+                        _m.status == "sent",
+                        _m.sent_at < bodies_sent_before,
+                        _m.raw.is_not(None),
+                    )
+                    .values(raw=None)
+                )

@@ -1,0 +1,78 @@
+"""The exceptions that cross layers: raised in one room, handled in another.
+
+    Exception
+     ├── DeliveryError                the relay did not take the message
+     │    ├── TemporaryDeliveryError  worth retrying: 4xx, lost or refused connections, timeouts
+     │    └── PermanentDeliveryError  not worth retrying: 5xx, TLS trust, AUTH refused
+     ├── DatabaseUnavailable          the database could not store or read (503 at the API)
+     ├── IdempotencyKeyTaken          an insert lost the race for its Idempotency-Key
+     ├── QueueFull                    QUEUE_MAXSIZE reached (503 with Retry-After)
+     └── ShuttingDown                 the service takes no new work (503)
+
+The mailer classifies (`service.mailer.classify`); the retry policy
+(`service.retry`) decides what a DeliveryError means for the message.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DatabaseUnavailable",
+    "DeliveryError",
+    "IdempotencyKeyTaken",
+    "PermanentDeliveryError",
+    "QueueFull",
+    "ShuttingDown",
+    "TemporaryDeliveryError",
+]
+
+
+class DeliveryError(Exception):
+    """A failed delivery. `code` is the SMTP reply code (None for network/TLS errors)."""
+
+    temporary: bool = False
+
+    def __init__(self, reply: str, *, code: int | None = None, recipient: str | None = None):
+        super().__init__(reply)
+        self.reply = reply
+        self.code = code
+        self.recipient = recipient
+
+    def __str__(self) -> str:
+        """The server's reply with its code in front and the recipient after: what
+        records keep as last_error and what callers see."""
+        text = self.reply.strip()
+        if self.code is not None and not text.startswith(str(self.code)):
+            text = f"{self.code} {text}".strip()
+        if self.recipient:
+            text = f"{text} (recipient {self.recipient})"
+        return text
+
+
+class TemporaryDeliveryError(DeliveryError):
+    """Worth retrying: 4xx, connection refused/reset, timeouts."""
+
+    temporary = True
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Not worth retrying: 5xx, TLS verification failure, AUTH rejected."""
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not store or read (locked past a timeout, disk full, gone)."""
+
+
+class IdempotencyKeyTaken(Exception):
+    """An insert lost a race: another request already stored this idempotency key."""
+
+
+class QueueFull(Exception):
+    """The backlog bound (QUEUE_MAXSIZE) is reached; answer 503 with Retry-After."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"queue full, retry after {retry_after}s")
+        self.retry_after = retry_after
+
+
+class ShuttingDown(Exception):
+    """The worker is stopping and takes no new work; answer 503."""

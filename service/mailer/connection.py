@@ -1,0 +1,269 @@
+"""SMTPConnection: one SMTP session reused across messages, the production Sender."""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from service.errors import DeliveryError, PermanentDeliveryError
+from service.mailer.classify import classify, reply_text
+from service.mailer.smtp import BoundedSMTP, BoundedSMTPSSL, local_hostname, make_ssl_context
+from service.types import RejectedRecipient, RenderedMessage, SendResult
+
+if TYPE_CHECKING:
+    from service.config import Settings
+
+__all__ = ["SMTPConnection", "connection_factory"]
+
+log = logging.getLogger("service.mailer")
+
+
+class _StaleConnection(Exception):
+    """A reused connection died while idle; the message was not started on it."""
+
+
+class SMTPConnection:
+    """One SMTP session that is reused across messages (RSET between transactions).
+
+    Not thread-safe: one per delivery thread. Reconnects when the connection is
+    closed, broken, idle for longer than settings.smtp_idle_timeout, answered
+    421, or has carried settings.smtp_max_messages_per_connection messages.
+
+    A successful transaction leaves the server ready for the next MAIL (RFC 5321
+    4.1.1.4), so RSET is sent only after a failed one, saving a round trip per message.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
+        self._settings = settings
+        self._clock = clock
+        self._ssl_context = ssl_context
+        self._smtp: BoundedSMTP | None = None
+        self._messages = 0  # transactions on the current session
+        self._last_used = 0.0
+        self.connections_opened = 0  # for tests and metrics
+
+    @property
+    def is_open(self) -> bool:
+        """A session is open and was left in a clean state."""
+        return self._smtp is not None
+
+    def _context(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            self._ssl_context = make_ssl_context(self._settings)
+        return self._ssl_context
+
+    def _open(self) -> BoundedSMTP:
+        s = self._settings
+        context = self._context() if s.smtp_security != "none" else None
+        smtp: BoundedSMTP | None = None
+        try:
+            if s.smtp_security == "ssl":
+                smtp = BoundedSMTPSSL(
+                    s.smtp_host,
+                    s.smtp_port,
+                    timeout=s.smtp_timeout,
+                    local_hostname=local_hostname(),
+                    context=context,
+                )
+            else:
+                smtp = BoundedSMTP(
+                    s.smtp_host,
+                    s.smtp_port,
+                    timeout=s.smtp_timeout,
+                    local_hostname=local_hostname(),
+                )
+            smtp.ehlo_or_helo_if_needed()
+            if s.smtp_security == "starttls":
+                if not smtp.has_extn("starttls"):
+                    # Never a silent downgrade to plain text.
+                    raise PermanentDeliveryError(
+                        f"SMTP_SECURITY=starttls but {s.smtp_host}:{s.smtp_port} does not "
+                        "offer STARTTLS; refusing to send in plain text"
+                    )
+                smtp.starttls(context=context)
+                smtp.ehlo_or_helo_if_needed()
+            if s.smtp_username is not None and s.smtp_password is not None:
+                smtp.login(s.smtp_username, s.smtp_password.get_secret_value())
+        except BaseException as exc:
+            if smtp is not None:
+                smtp.close()
+            if isinstance(exc, DeliveryError):
+                raise
+            if isinstance(exc, Exception):
+                raise classify(exc) from exc
+            raise
+        self.connections_opened += 1
+        log.debug(
+            "SMTP session opened to %s:%d (security=%s)", s.smtp_host, s.smtp_port, s.smtp_security
+        )
+        return smtp
+
+    def _drop(self) -> None:
+        if self._smtp is not None:
+            self._smtp.close()
+            self._smtp = None
+
+    def _quit(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is None:
+            return
+        try:
+            smtp.quit()
+        except Exception:  # noqa: S110  # a polite goodbye; the socket is closed either way
+            pass
+        finally:
+            smtp.close()
+
+    def _session(self) -> tuple[BoundedSMTP, bool]:
+        """The session to use and whether it carried earlier messages."""
+        s = self._settings
+        if self._smtp is not None and (
+            self._clock() - self._last_used > s.smtp_idle_timeout
+            or self._messages >= s.smtp_max_messages_per_connection
+        ):
+            self._quit()
+        if self._smtp is None:
+            self._smtp = self._open()
+            self._messages = 0
+            self._last_used = self._clock()
+            return self._smtp, False
+        return self._smtp, True
+
+    def _after_failure(self, smtp: BoundedSMTP, code: int) -> None:
+        """Leave a clean session after a refused transaction, or none at all."""
+        if code == 421 or smtp.sock is None:
+            # 421: the server is closing the channel (RFC 5321 3.8).
+            self._drop()
+            return
+        try:
+            rset_code, _ = smtp.rset()
+        except Exception:
+            rset_code = -1
+        if rset_code != 250:
+            self._drop()
+
+    def _transaction(self, smtp: BoundedSMTP, message: RenderedMessage, reused: bool) -> SendResult:
+        options: list[str] = []
+        if message.smtputf8:
+            if not smtp.has_extn("smtputf8"):
+                raise PermanentDeliveryError(
+                    "the relay does not offer SMTPUTF8, which this message needs for its "
+                    "non-ASCII address(es)"
+                )
+            options.append("SMTPUTF8")
+            if smtp.has_extn("8bitmime"):
+                options.append("BODY=8BITMIME")
+        if smtp.has_extn("size"):
+            options.append(f"SIZE={len(message.data)}")
+
+        self._messages += 1
+        try:
+            code, reply = smtp.mail(message.mail_from, options)
+        except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
+            # Nothing of this message reached the server: if the session is an idle
+            # one the server dropped, trying again on a fresh one costs no attempt.
+            if reused:
+                raise _StaleConnection from exc
+            raise
+        if code != 250:
+            if code == 421 and reused:
+                raise _StaleConnection from smtplib.SMTPSenderRefused(
+                    code, reply, message.mail_from
+                )
+            self._after_failure(smtp, code)
+            raise classify(smtplib.SMTPSenderRefused(code, reply, message.mail_from))
+
+        rejected: list[RejectedRecipient] = []
+        for rcpt in message.rcpt_tos:
+            code, reply = smtp.rcpt(rcpt)
+            if code == 421:
+                self._after_failure(smtp, code)
+                raise classify(smtplib.SMTPResponseException(code, reply), rcpt)
+            if code not in (250, 251):
+                rejected.append(RejectedRecipient(rcpt, code, reply_text(reply)))
+        if len(rejected) == len(message.rcpt_tos):
+            self._after_failure(smtp, 0)
+            raise classify(
+                smtplib.SMTPRecipientsRefused(
+                    {r.recipient: (r.code, r.message.encode()) for r in rejected}
+                )
+            )
+
+        try:
+            code, reply = smtp.data(message.data)
+        except smtplib.SMTPDataError as exc:  # DATA itself refused (not 354)
+            self._after_failure(smtp, exc.smtp_code)
+            raise classify(exc) from exc
+        if code != 250:
+            self._after_failure(smtp, code)
+            raise classify(smtplib.SMTPDataError(code, reply))
+        return SendResult(rejected=rejected)
+
+    def send(self, message: RenderedMessage) -> SendResult:
+        """One attempt. Raises DeliveryError (classified). Partial recipient refusals
+        are returned in SendResult.rejected; all refused raises."""
+        retried = False
+        while True:
+            smtp, reused = self._session()
+            try:
+                result = self._transaction(smtp, message, reused and not retried)
+            except _StaleConnection:
+                self._drop()
+                log.debug("SMTP session went stale while idle; reconnecting")
+                retried = True
+                continue
+            except DeliveryError:
+                raise
+            except Exception as exc:
+                # The session is in an unknown state (timeout, disconnect, garbage).
+                self._drop()
+                raise classify(exc) from exc
+            finally:
+                self._last_used = self._clock()
+            if self._messages >= self._settings.smtp_max_messages_per_connection:
+                self._quit()
+            return result
+
+    def offers(self, extension: str) -> bool:
+        """Whether the relay advertises `extension` (e.g. "smtputf8") in its EHLO
+        answer, opening a session if none is open. Raises DeliveryError when the
+        relay cannot be reached."""
+        try:
+            smtp, _ = self._session()
+        except DeliveryError:
+            raise
+        except Exception as exc:
+            self._drop()
+            raise classify(exc) from exc
+        return bool(smtp.has_extn(extension))
+
+    def close(self) -> None:
+        self._quit()
+
+
+def connection_factory(settings: Settings) -> Callable[[], SMTPConnection]:
+    """A SenderFactory of SMTPConnections that share one SSL context (loading the
+    trust store costs milliseconds: once, when the first connection needs it)."""
+    lock = threading.Lock()
+    context: ssl.SSLContext | None = None
+
+    def connect() -> SMTPConnection:
+        nonlocal context
+        if settings.smtp_security != "none":
+            with lock:
+                if context is None:
+                    context = make_ssl_context(settings)
+        return SMTPConnection(settings, ssl_context=context)
+
+    return connect

@@ -1,0 +1,182 @@
+"""render_message: a validated request into the bytes that go on the wire, once.
+
+Addresses are parsed with the shared rules (`service.syntax`) and checked again
+here, so that rendering is safe on its own; the encoding itself is
+`service.mailer.encode`.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.headerregistry import Address
+from email.utils import format_datetime, formataddr
+from typing import TYPE_CHECKING, Any
+
+from service import syntax
+from service.ids import new_id
+from service.mailer import encode
+from service.types import RenderedMessage
+
+if TYPE_CHECKING:
+    from service.models import SendRequest
+
+__all__ = ["render_message"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Address:
+    display_name: str  # unquoted, may be non-ASCII
+    addr_spec: str  # local@ascii-domain: what the envelope and the headers carry
+    local: str
+    domain: str  # ASCII (IDNA) lower case
+    smtputf8: bool  # the local part is not ASCII
+
+
+# A plain ASCII dot-atom addr-spec with a host-name domain: a strict subset of what
+# the API accepts, safe in a header as it stands, so it needs no further parsing.
+_PLAIN_ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(value: str) -> _Address:
+    """One address as the API accepts it (`a@x`, `Name <a@x>`, `"Q, N" <a@x>`).
+
+    Cached: senders repeat on every message, and parsing with email-validator is the
+    largest part of rendering a small message.
+    """
+    local, _, domain = value.rpartition("@")
+    if len(value) <= 254 and len(local) <= 64 and _PLAIN_ADDRESS.fullmatch(value):
+        domain = domain.lower()
+        return _Address("", f"{local}@{domain}", local, domain, smtputf8=False)
+    syntax.check_header_text(value, "an address")
+    name, addr = syntax.parse_address(value)
+    canonical = syntax.canonical_address(addr)
+    local, _, domain = canonical.rpartition("@")
+    if name.startswith('"') and name.endswith('"') and len(name) >= 2:
+        name = re.sub(r"\\(.)", r"\1", name[1:-1])
+    return _Address(
+        display_name=name,
+        addr_spec=canonical,
+        local=local,
+        domain=domain,
+        smtputf8=not local.isascii(),
+    )
+
+
+def _parse_all(values: Sequence[str], what: str) -> list[_Address]:
+    parsed = []
+    for value in values:
+        try:
+            parsed.append(_parse(value))
+        except ValueError as exc:
+            raise ValueError(f"{what}: {exc}") from None
+    return parsed
+
+
+def _format(address: _Address) -> str:
+    # formataddr quotes a name that needs it and RFC 2047-encodes a non-ASCII one.
+    return formataddr((address.display_name, address.addr_spec))
+
+
+def _date_now() -> str:
+    return _date_header(int(time.time()))
+
+
+@functools.lru_cache(maxsize=2)
+def _date_header(epoch_seconds: int) -> str:
+    # A Date header has whole seconds, and formatting one costs more than the rest of
+    # a small message's headers: format once per second.
+    return format_datetime(datetime.fromtimestamp(epoch_seconds, UTC))
+
+
+def render_message(
+    request: SendRequest,
+    *,
+    default_from: str,
+    now: datetime | None = None,
+    record_id: str | None = None,
+) -> RenderedMessage:
+    """Build the message (Date, Message-ID, From, To, Cc, Reply-To, extra headers;
+    text, or multipart/alternative with html; Bcc only in the envelope).
+
+    Raises ValueError for anything that could not be sent safely (a bad address, a
+    control character in a header, a reserved or malformed extra header), even though
+    the API validates the same things first. `now` fixes the Date header (tests);
+    `record_id` is the local part of the Message-ID (a new id when not given).
+    """
+    sender = _parse_all([request.from_ or default_from], "from")[0]
+    to = _parse_all(request.to, "to")
+    cc = _parse_all(request.cc, "cc")
+    bcc = _parse_all(request.bcc, "bcc")
+    reply_to = _parse_all([request.reply_to], "reply_to") if request.reply_to else []
+    if not to and not cc and not bcc:
+        raise ValueError("no recipients")
+    syntax.check_header_text(request.subject, "subject")
+    syntax.check_header_names(request.headers)
+    for name, value in request.headers.items():
+        syntax.check_header_text(value, f"header {name}")
+    extra = list(request.headers.items())
+
+    rcpt_tos: list[str] = []
+    seen: set[str] = set()
+    for address in (*to, *cc, *bcc):
+        if address.addr_spec not in seen:
+            seen.add(address.addr_spec)
+            rcpt_tos.append(address.addr_spec)
+    smtputf8 = any(a.smtputf8 for a in (sender, *to, *cc, *bcc, *reply_to))
+
+    message_id = f"<{record_id or new_id()}@{sender.domain}>"
+    date = format_datetime(now) if now is not None else _date_now()
+
+    # Only text that may be split matters for folding: an addr-spec or a Message-ID is
+    # one unbreakable token on either path. "Reply-To" stands for every address header
+    # (the longest name).
+    foldable = [("Subject", request.subject), *extra]
+    foldable += [("Reply-To", a.display_name) for a in (sender, *to, *cc, *reply_to)]
+    if smtputf8 or not all(encode.compat32_folds(name, value) for name, value in foldable):
+        # The modern policy: it writes non-ASCII local parts as raw UTF-8 (RFC 6532;
+        # they cannot be RFC 2047-encoded) and splits over-long words.
+        def addresses(items: list[_Address]) -> list[Address]:
+            return [Address(a.display_name, a.local, a.domain) for a in items]
+
+        modern: list[tuple[str, Any]] = [
+            ("Date", date),
+            ("From", addresses([sender])),
+            ("To", addresses(to)),
+            ("Cc", addresses(cc)),
+            ("Reply-To", addresses(reply_to)),
+            ("Subject", request.subject),
+            ("Message-ID", message_id),
+        ]
+        modern = [(n, v) for n, v in modern if v or n == "Subject"] + list(extra)
+        data = encode.render_policy(modern, request.body, request.html, utf8=smtputf8)
+    else:
+        plain = [
+            ("Date", date),
+            ("From", _format(sender)),
+            ("To", ", ".join(map(_format, to))),
+            ("Cc", ", ".join(map(_format, cc))),
+            ("Reply-To", ", ".join(map(_format, reply_to))),
+            ("Subject", request.subject),
+            ("Message-ID", message_id),
+        ]
+        plain = [(n, v) for n, v in plain if v or n == "Subject"] + extra
+        if encode.fast_body_ok(request.body) and encode.fast_body_ok(request.html):
+            data = encode.render_fast(plain, request.body, request.html)
+        else:
+            data = encode.render_compat32(plain, request.body, request.html)
+    return RenderedMessage(
+        message_id=message_id,
+        mail_from=sender.addr_spec,
+        rcpt_tos=rcpt_tos,
+        data=data,
+        smtputf8=smtputf8,
+    )

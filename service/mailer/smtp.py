@@ -1,0 +1,158 @@
+"""smtplib.SMTP with an overall deadline on every reply and every send, and the
+TLS context. smtplib's timeout is per recv(), so a server dripping one byte a
+second would never trip it."""
+
+from __future__ import annotations
+
+import functools
+import smtplib
+import socket
+import ssl
+import time
+from typing import TYPE_CHECKING, Any
+
+from service.errors import PermanentDeliveryError
+from service.mailer.classify import SMTPProtocolError
+
+if TYPE_CHECKING:
+    from service.config import Settings
+
+__all__ = ["BoundedSMTP", "BoundedSMTPSSL", "local_hostname", "make_ssl_context"]
+
+# Replies: smtplib's own bound on one line (8192) and ours on a whole reply, so a
+# server sending an endless line or endless "250-" lines cannot grow memory.
+_MAXLINE = 8192  # smtplib._MAXLINE (private there)
+_MAX_REPLY_LINES = 200
+# Sending: besides SMTP_TIMEOUT, one more second per this many bytes, so a large
+# message on a slow link may take longer than a command, yet a server that reads one
+# byte a second cannot hold a thread for ever.
+_MIN_SEND_RATE = 256 * 1024
+
+
+class BoundedSMTP(smtplib.SMTP):
+    """smtplib.SMTP whose every reply must arrive in full within `timeout` seconds.
+
+    smtplib's timeout is per recv(), so a server dripping one byte a second never
+    trips it; here each reply and each send has an overall deadline.
+    """
+
+    def __init__(self, host: str, port: int, *, timeout: float, **kwargs: Any) -> None:
+        self._rbuf = bytearray()
+        super().__init__(host, port, timeout=timeout, **kwargs)
+
+    def _readline(self, deadline: float) -> bytes:
+        buf = self._rbuf
+        while True:
+            end = buf.find(b"\n")
+            if end >= 0:
+                line = bytes(buf[: end + 1])
+                del buf[: end + 1]
+                return line
+            if len(buf) > _MAXLINE:
+                self.close()
+                raise SMTPProtocolError(f"reply line longer than {_MAXLINE} bytes")
+            remaining = deadline - time.monotonic()
+            sock = self.sock
+            if sock is None:
+                raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+            if remaining <= 0:
+                self.close()
+                raise TimeoutError(f"no complete SMTP reply within {self.timeout:g}s")
+            try:
+                sock.settimeout(remaining)
+                chunk = sock.recv(8192)
+            except TimeoutError:
+                self.close()
+                raise TimeoutError(f"no complete SMTP reply within {self.timeout:g}s") from None
+            except OSError as exc:
+                self.close()
+                raise smtplib.SMTPServerDisconnected(
+                    f"Connection unexpectedly closed: {exc}"
+                ) from exc
+            if not chunk:
+                self.close()
+                raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+            buf += chunk
+
+    def getreply(self) -> tuple[int, bytes]:
+        # The same parsing as smtplib.SMTP.getreply, reading under one deadline.
+        deadline = time.monotonic() + self.timeout
+        lines: list[bytes] = []
+        while True:
+            line = self._readline(deadline)
+            lines.append(line[4:].strip(b" \t\r\n"))
+            try:
+                code = int(line[:3])
+            except ValueError:
+                code = -1
+                break
+            if line[3:4] != b"-":
+                break
+            if len(lines) >= _MAX_REPLY_LINES:
+                self.close()
+                raise SMTPProtocolError(f"reply longer than {_MAX_REPLY_LINES} lines")
+        return code, b"\n".join(lines)
+
+    def send(self, s: Any) -> None:
+        if isinstance(s, str):
+            s = s.encode(self.command_encoding)
+        sock = self.sock
+        if sock is None:
+            raise smtplib.SMTPServerDisconnected("please run connect() first")
+        view = memoryview(s)
+        budget = self.timeout + len(view) / _MIN_SEND_RATE
+        deadline = time.monotonic() + budget
+        try:
+            while view:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"could not send {len(s)} bytes within {budget:g}s")
+                sock.settimeout(remaining)
+                sent = sock.send(view)
+                view = view[sent:]
+        except TimeoutError as exc:
+            self.close()
+            raise TimeoutError(f"could not send {len(s)} bytes within {budget:g}s") from exc
+        except OSError as exc:
+            self.close()
+            raise smtplib.SMTPServerDisconnected(f"Server not connected: {exc}") from exc
+
+    def starttls(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        reply = super().starttls(*args, **kwargs)
+        # Anything read past the "220" was sent in plain text before the handshake:
+        # a STARTTLS command injection. Drop it (as smtplib does with its file buffer).
+        self._rbuf.clear()
+        return reply
+
+    def close(self) -> None:
+        self._rbuf.clear()
+        super().close()
+
+
+class BoundedSMTPSSL(BoundedSMTP, smtplib.SMTP_SSL):
+    """Implicit TLS. The handshake is bounded by the socket timeout: CPython's
+    do_handshake() applies it as an overall deadline, not per read."""
+
+
+@functools.cache
+def local_hostname() -> str:
+    # smtplib would call getfqdn() (a DNS lookup) on every connect; once is enough.
+    return socket.getfqdn()
+
+
+def make_ssl_context(settings: Settings) -> ssl.SSLContext:
+    """Certificates and host name verified (unless SMTP_VERIFY_TLS=false), TLS 1.2
+    minimum, SMTP_CA_FILE trusted in addition to the system store."""
+    context = ssl.create_default_context()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if settings.smtp_ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(settings.smtp_ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise PermanentDeliveryError(
+                f"cannot load SMTP_CA_FILE {settings.smtp_ca_file}: {exc}"
+            ) from exc
+    if not settings.smtp_verify_tls:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
