@@ -250,10 +250,7 @@ class MessageStore:
 
     def get(self, message_id: str) -> CapturedMessage | None:
         with self._cond:
-            for message in self._messages:
-                if message.id == message_id:
-                    return message
-        return None
+            return next((m for m in self._messages if m.id == message_id), None)
 
     def clear(self) -> None:
         with self._cond:

@@ -22,9 +22,26 @@ def make_self_signed(directory: str | Path, name: str = "fakesmtp") -> tuple[str
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
+    cert = _localhost_certificate(key)
+    cert_path = directory / f"{name}-cert.pem"
+    key_path = directory / f"{name}-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return str(cert_path), str(key_path)
+
+
+def _localhost_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    """A certificate for localhost, 127.0.0.1 and ::1, signed by its own ``key``."""
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
+    return (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(subject)
@@ -68,15 +85,3 @@ def make_self_signed(directory: str | Path, name: str = "fakesmtp") -> tuple[str
         )
         .sign(key, hashes.SHA256())
     )
-    cert_path = directory / f"{name}-cert.pem"
-    key_path = directory / f"{name}-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return str(cert_path), str(key_path)

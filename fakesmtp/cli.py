@@ -19,10 +19,13 @@ from types import FrameType
 
 from fakesmtp.certs import make_self_signed
 from fakesmtp.faults import FaultRule, FaultSpecError
+from fakesmtp.options import ServerOptions
 from fakesmtp.policies import RateLimit
 from fakesmtp.server import FakeSMTPServer
 
-log = logging.getLogger("fakesmtp")
+# The parser's own options; every other one is the ServerOptions field of the
+# same name, so a new server option needs only its add() line in build_parser.
+_CLI_ONLY = ("self_signed", "log_level", "fault")
 
 
 def _auth(text: str) -> tuple[str, str]:
@@ -122,59 +125,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def server_options(args: argparse.Namespace, certs_dir: str) -> ServerOptions:
+    """The parsed arguments as ServerOptions; ``--self-signed`` writes its pair to ``certs_dir``.
+
+    A bad combination (``--implicit-tls`` without a certificate) is a ValueError.
+    """
+    values = {name: value for name, value in vars(args).items() if name not in _CLI_ONLY}
+    if args.self_signed:
+        values["tls_cert"], values["tls_key"] = make_self_signed(certs_dir)
+    return ServerOptions(**values, faults=args.fault)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    cert, key = args.tls_cert, args.tls_key
     with tempfile.TemporaryDirectory(prefix="fakesmtp-") as tmp:
-        if args.self_signed:
-            cert, key = make_self_signed(tmp)
         try:
-            server = FakeSMTPServer(
-                port=args.port,
-                http_port=args.http_port,
-                tls_cert=cert,
-                tls_key=key,
-                implicit_tls=args.implicit_tls,
-                require_tls=args.require_tls,
-                auth=args.auth,
-                latency=args.latency,
-                faults=args.fault,
-                seed=args.seed,
-                max_messages=args.max_messages,
-                max_size=args.max_size,
-                host=args.host,
-                greylist=args.greylist,
-                rate_limit=args.rate_limit,
-                rate_limit_code=args.rate_limit_code,
-                max_per_connection=args.max_per_connection,
-                blackhole=args.blackhole,
-                smtputf8=args.smtputf8,
-            )
+            options = server_options(args, tmp)
         except ValueError as exc:
             parser.error(str(exc))
-        stop = threading.Event()
+        return _serve(FakeSMTPServer(options=options))
 
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            stop.set()
 
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        try:
-            server.start()
-        except OSError as exc:
-            print(f"fakesmtp: cannot listen: {exc}", file=sys.stderr)
-            return 1
-        http = f"HTTP on {server.http_url}" if server.http_url else "HTTP off"
-        # The one documented line a parent process parses for the chosen ports.
-        print(f"fakesmtp SMTP on {server.host}:{server.port} {http}", flush=True)
-        try:
-            while not stop.wait(0.5):
-                pass
-        finally:
-            server.stop(raise_errors=False)
-        print("fakesmtp stopped", flush=True)
+def _serve(server: FakeSMTPServer) -> int:
+    """Run ``server`` until SIGTERM or SIGINT."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"fakesmtp: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    http = f"HTTP on {server.http_url}" if server.http_url else "HTTP off"
+    # The one documented line a parent process parses for the chosen ports.
+    print(f"fakesmtp SMTP on {server.host}:{server.port} {http}", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop(raise_errors=False)
+    print("fakesmtp stopped", flush=True)
     return 0

@@ -226,10 +226,7 @@ class FaultSet:
 
     def get(self, rule_id: str) -> ActiveRule | None:
         with self._lock:
-            for active in self._rules:
-                if active.id == rule_id:
-                    return active
-            return None
+            return next((active for active in self._rules if active.id == rule_id), None)
 
     def remove(self, rule_id: str) -> bool:
         with self._lock:

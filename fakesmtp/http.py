@@ -14,7 +14,13 @@ from starlette.routing import Route
 from fakesmtp.faults import FaultRule, FaultSpecError
 
 if TYPE_CHECKING:
+    from fakesmtp.capture import CapturedMessage
     from fakesmtp.server import FakeSMTPServer
+
+
+def _server(request: Request) -> FakeSMTPServer:
+    server: FakeSMTPServer = request.app.state.server
+    return server
 
 
 def _not_found(what: str) -> JSONResponse:
@@ -30,95 +36,113 @@ def _int_param(request: Request, name: str, default: int | None) -> int | None:
     return int(value)
 
 
-def create_app(server: FakeSMTPServer) -> Starlette:
-    """Build the API for one server. No global app: each server gets its own."""
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
 
-    async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
 
-    async def list_messages(request: Request) -> Response:
-        try:
-            limit = _int_param(request, "limit", None)
-            offset = _int_param(request, "offset", 0) or 0
-        except ValueError as exc:
-            return JSONResponse({"detail": str(exc)}, status_code=400)
-        messages = server.messages()
-        page = messages[offset : None if limit is None else offset + limit]
-        return JSONResponse({"total": len(messages), "messages": [m.summary() for m in page]})
+async def list_messages(request: Request) -> Response:
+    try:
+        limit = _int_param(request, "limit", None)
+        offset = _int_param(request, "offset", 0) or 0
+    except ValueError as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+    messages = _server(request).messages()
+    page = messages[offset : None if limit is None else offset + limit]
+    return JSONResponse({"total": len(messages), "messages": [m.summary() for m in page]})
 
-    async def get_message(request: Request) -> Response:
-        message = server.message(request.path_params["id"])
-        if message is None:
-            return _not_found("message")
-        return JSONResponse(message.detail())
 
-    async def get_raw(request: Request) -> Response:
-        message = server.message(request.path_params["id"])
-        if message is None:
-            return _not_found("message")
-        return Response(message.raw, media_type="message/rfc822")
+async def get_message(request: Request) -> Response:
+    message = _server(request).message(request.path_params["id"])
+    if message is None:
+        return _not_found("message")
+    return JSONResponse(message.detail())
 
-    async def delete_messages(request: Request) -> Response:
-        server.clear_messages()
-        return Response(status_code=204)
 
-    async def list_faults(request: Request) -> Response:
-        return JSONResponse({"faults": server.faults()})
+async def get_raw(request: Request) -> Response:
+    message = _server(request).message(request.path_params["id"])
+    if message is None:
+        return _not_found("message")
+    return Response(message.raw, media_type="message/rfc822")
 
-    async def add_fault(request: Request) -> Response:
-        try:
-            body: Any = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return JSONResponse({"detail": "body must be a JSON object"}, status_code=400)
-        try:
-            rule = FaultRule.from_dict(body)
-        except (FaultSpecError, TypeError) as exc:
-            return JSONResponse({"detail": str(exc)}, status_code=422)
-        rule_id = server.add_fault(rule)
-        return JSONResponse(server.fault(rule_id) or {"id": rule_id}, status_code=201)
 
-    async def get_fault(request: Request) -> Response:
-        rule = server.fault(request.path_params["id"])
-        if rule is None:
-            return _not_found("fault rule")
-        return JSONResponse(rule)
+async def delete_messages(request: Request) -> Response:
+    _server(request).clear_messages()
+    return Response(status_code=204)
 
-    async def delete_faults(request: Request) -> Response:
-        server.clear_faults()
-        return Response(status_code=204)
 
-    async def delete_fault(request: Request) -> Response:
-        if not server.remove_fault(request.path_params["id"]):
-            return _not_found("fault rule")
-        return Response(status_code=204)
+async def list_faults(request: Request) -> Response:
+    return JSONResponse({"faults": _server(request).faults()})
 
-    async def stats(request: Request) -> Response:
-        return JSONResponse(server.stats())
 
-    async def index(request: Request) -> Response:
-        message_id = request.query_params.get("id")
-        if message_id is not None:
-            message = server.message(message_id)
-            if message is None:
-                return HTMLResponse(_page("Not found", "<p>No such message.</p>"), 404)
-            return HTMLResponse(_page(message.subject or "(no subject)", _message_html(message)))
+async def add_fault(request: Request) -> Response:
+    try:
+        body: Any = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return JSONResponse({"detail": "body must be a JSON object"}, status_code=400)
+    try:
+        rule = FaultRule.from_dict(body)
+    except (FaultSpecError, TypeError) as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+    server = _server(request)
+    rule_id = server.add_fault(rule)
+    return JSONResponse(server.fault(rule_id) or {"id": rule_id}, status_code=201)
+
+
+async def get_fault(request: Request) -> Response:
+    rule = _server(request).fault(request.path_params["id"])
+    if rule is None:
+        return _not_found("fault rule")
+    return JSONResponse(rule)
+
+
+async def delete_faults(request: Request) -> Response:
+    _server(request).clear_faults()
+    return Response(status_code=204)
+
+
+async def delete_fault(request: Request) -> Response:
+    if not _server(request).remove_fault(request.path_params["id"]):
+        return _not_found("fault rule")
+    return Response(status_code=204)
+
+
+async def stats(request: Request) -> Response:
+    return JSONResponse(_server(request).stats())
+
+
+async def index(request: Request) -> Response:
+    server = _server(request)
+    message_id = request.query_params.get("id")
+    if message_id is None:
         return HTMLResponse(_page("fakesmtp", _list_html(server)))
+    message = server.message(message_id)
+    if message is None:
+        return HTMLResponse(_page("Not found", "<p>No such message.</p>"), 404)
+    return HTMLResponse(_page(message.subject or "(no subject)", _message_html(message)))
 
-    routes = [
-        Route("/", index, methods=["GET"]),
-        Route("/api/health", health, methods=["GET"]),
-        Route("/api/messages", list_messages, methods=["GET"]),
-        Route("/api/messages", delete_messages, methods=["DELETE"]),
-        Route("/api/messages/{id}", get_message, methods=["GET"]),
-        Route("/api/messages/{id}/raw", get_raw, methods=["GET"]),
-        Route("/api/faults", list_faults, methods=["GET"]),
-        Route("/api/faults", add_fault, methods=["POST"]),
-        Route("/api/faults", delete_faults, methods=["DELETE"]),
-        Route("/api/faults/{id}", get_fault, methods=["GET"]),
-        Route("/api/faults/{id}", delete_fault, methods=["DELETE"]),
-        Route("/api/stats", stats, methods=["GET"]),
-    ]
-    return Starlette(routes=routes)
+
+_ROUTES = (
+    Route("/", index, methods=["GET"]),
+    Route("/api/health", health, methods=["GET"]),
+    Route("/api/messages", list_messages, methods=["GET"]),
+    Route("/api/messages", delete_messages, methods=["DELETE"]),
+    Route("/api/messages/{id}", get_message, methods=["GET"]),
+    Route("/api/messages/{id}/raw", get_raw, methods=["GET"]),
+    Route("/api/faults", list_faults, methods=["GET"]),
+    Route("/api/faults", add_fault, methods=["POST"]),
+    Route("/api/faults", delete_faults, methods=["DELETE"]),
+    Route("/api/faults/{id}", get_fault, methods=["GET"]),
+    Route("/api/faults/{id}", delete_fault, methods=["DELETE"]),
+    Route("/api/stats", stats, methods=["GET"]),
+)
+
+
+def create_app(server: FakeSMTPServer) -> Starlette:
+    """Build the API for one server. No global app: each server gets its own,
+    and the endpoints find their server on ``app.state``."""
+    app = Starlette(routes=_ROUTES)
+    app.state.server = server
+    return app
 
 
 def _page(title: str, body: str) -> str:
@@ -150,7 +174,7 @@ def _list_html(server: FakeSMTPServer) -> str:
     )
 
 
-def _message_html(message: Any) -> str:
+def _message_html(message: CapturedMessage) -> str:
     headers = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in message.headers
     )

@@ -13,9 +13,9 @@ import hmac
 import logging
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, AnyStr
 
 from aiosmtpd.smtp import (
     MISSING,
@@ -30,13 +30,20 @@ from aiosmtpd.smtp import (
 
 from fakesmtp import replies
 from fakesmtp.capture import CapturedMessage, MessageStore
-from fakesmtp.faults import FaultRule, FaultSet
+from fakesmtp.faults import FaultSet
 from fakesmtp.policies import Greylist, TokenBucket
+
+if TYPE_CHECKING:
+    from aiosmtpd.smtp import _Missing
+
+    #: What a stage's fault check returns: ``MISSING`` to carry on as normal (the
+    #: value aiosmtpd's own hooks use for that), ``""`` when the rule dropped the
+    #: connection (nothing left to send), else the reply line to send instead.
+    FaultReply = str | _Missing
 
 log = logging.getLogger("fakesmtp")
 
 HOSTNAME = "fakesmtp"
-IDENT = "fakesmtp ESMTP ready"
 
 
 def abort_transport(transport: asyncio.BaseTransport | None) -> None:
@@ -122,7 +129,7 @@ class FakeSMTPProtocol(SMTP):
         self._dropped = True
         abort_transport(self.transport)
 
-    async def push(self, status: str | bytes) -> None:
+    async def push(self, status: AnyStr) -> None:
         if self._dropped:
             return
         line = status if isinstance(status, str) else status.decode("ascii", "replace")
@@ -132,19 +139,25 @@ class FakeSMTPProtocol(SMTP):
             self._state.reply_counts[line[:3]] += 1
             if self._state.latency:
                 await self._state.sleep(self._state.latency)
-        if isinstance(status, str):
-            await super().push(status)
-        else:
-            await super().push(status)
+        await super().push(status)
         if final and self._close_after_push and self.transport is not None:
             self.transport.close()
 
-    async def fault_reply(self, rule: FaultRule) -> str | None:
-        """Carry out ``rule``: None to go on normally, else the reply to send instead."""
+    async def fault_for(self, stage: str, addresses: Iterable[str] = ()) -> FaultReply:
+        """The one check every stage makes: does a fault rule fire here, and what then?
+
+        A ``delay`` waits and carries on; ``disconnect`` drops the connection; a
+        ``reply`` is returned for the stage to send (a 421 also closes after it).
+        """
+        if not self._state.faults:
+            return MISSING
+        rule = self._state.faults.pick(stage, addresses)
+        if rule is None:
+            return MISSING
         self._state.faults_fired += 1
         if rule.action == "delay":
             await self._state.sleep(rule.delay)
-            return None
+            return MISSING
         if rule.action == "disconnect":
             self.drop()
             return ""
@@ -155,53 +168,48 @@ class FakeSMTPProtocol(SMTP):
     def close_after_reply(self) -> None:
         self._close_after_push = True
 
+    async def _send_fault(self, reply: str) -> None:
+        if reply:
+            await self.push(reply)
+
     # stages aiosmtpd has no handler hook for ----------------------------------
     async def _handle_client(self) -> None:
-        if self._state.faults:
-            rule = self._state.faults.pick("connect")
-            if rule is not None:
-                reply = await self.fault_reply(rule)
-                if reply is not None:
-                    # A refused greeting ends the session (RFC 5321 3.1 lets the
-                    # server close; clients give up on a non-220 greeting anyway).
-                    self._close_after_push = True
-                    if reply:
-                        await self.push(reply)
-                    return
+        reply = await self.fault_for("connect")
+        if reply is not MISSING:
+            # A refused greeting ends the session (RFC 5321 3.1 lets the server
+            # close; clients give up on a non-220 greeting anyway).
+            self._close_after_push = True
+            await self._send_fault(reply)
+            return
         await super()._handle_client()
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str | None) -> None:
         envelope = self.envelope
         assert envelope is not None
-        if self._state.faults and envelope.rcpt_tos and not arg:
-            addresses = [envelope.mail_from or "", *envelope.rcpt_tos]
-            rule = self._state.faults.pick("data", addresses)
-            if rule is not None:
-                reply = await self.fault_reply(rule)
-                if reply is not None:
-                    if reply:
-                        await self.push(reply)
-                    return
+        if envelope.rcpt_tos and not arg:
+            # A DATA out of sequence or with an argument is aiosmtpd's error to answer.
+            reply = await self.fault_for("data", (envelope.mail_from or "", *envelope.rcpt_tos))
+            if reply is not MISSING:
+                await self._send_fault(reply)
+                return
         await super().smtp_DATA(arg)
 
 
 class FakeHandler:
-    """The aiosmtpd handler: faults at ehlo, auth, mail, rcpt and message; capture."""
+    """The aiosmtpd handler: faults at ehlo, auth, mail, rcpt and message; capture.
+
+    Every hook asks ``server.fault_for`` first and hands back any reply it gets;
+    ``MISSING`` lets aiosmtpd answer as it normally would.
+    """
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
 
     async def handle_HELO(
         self, server: FakeSMTPProtocol, session: Session, envelope: Envelope, hostname: str
-    ) -> Any:
-        if self.state.faults:
-            rule = self.state.faults.pick("ehlo")
-            if rule is not None:
-                reply = await server.fault_reply(rule)
-                if reply is not None:
-                    return reply
-        return MISSING
+    ) -> FaultReply:
+        return await server.fault_for("ehlo")
 
     async def handle_EHLO(
         self,
@@ -211,25 +219,17 @@ class FakeHandler:
         hostname: str,
         responses: list[str],
     ) -> list[str]:
-        if self.state.faults:
-            rule = self.state.faults.pick("ehlo")
-            if rule is not None:
-                reply = await server.fault_reply(rule)
-                if reply is not None:
-                    return [reply] if reply else []
+        reply = await server.fault_for("ehlo")
+        if reply is not MISSING:
+            # EHLO's hook answers with the reply lines, none when dropped.
+            return [reply] if reply else []
         session.host_name = hostname
         return responses
 
     async def handle_AUTH(
         self, server: FakeSMTPProtocol, session: Session, envelope: Envelope, args: list[str]
-    ) -> Any:
-        if self.state.faults:
-            rule = self.state.faults.pick("auth")
-            if rule is not None:
-                reply = await server.fault_reply(rule)
-                if reply is not None:
-                    return reply
-        return MISSING
+    ) -> FaultReply:
+        return await server.fault_for("auth")
 
     async def handle_MAIL(
         self,
@@ -238,14 +238,11 @@ class FakeHandler:
         envelope: Envelope,
         address: str,
         mail_options: list[str],
-    ) -> Any:
+    ) -> FaultReply:
+        reply = await server.fault_for("mail", (address,))
+        if reply is not MISSING:
+            return reply
         state = self.state
-        if state.faults:
-            rule = state.faults.pick("mail", (address,))
-            if rule is not None:
-                reply = await server.fault_reply(rule)
-                if reply is not None:
-                    return reply
         if (
             state.max_per_connection is not None
             and server.messages_accepted >= state.max_per_connection
@@ -265,56 +262,58 @@ class FakeHandler:
         envelope: Envelope,
         address: str,
         rcpt_options: list[str],
-    ) -> Any:
-        state = self.state
-        if state.faults:
-            rule = state.faults.pick("rcpt", (address,))
-            if rule is not None:
-                reply = await server.fault_reply(rule)
-                if reply is not None:
-                    return reply
-        if state.greylist is not None and not state.greylist.allows(
-            envelope.mail_from or "", address
-        ):
+    ) -> FaultReply:
+        reply = await server.fault_for("rcpt", (address,))
+        if reply is not MISSING:
+            return reply
+        greylist = self.state.greylist
+        if greylist is not None and not greylist.allows(envelope.mail_from or "", address):
             return str(replies.GREYLISTED)
         return MISSING
 
     async def handle_DATA(
         self, server: FakeSMTPProtocol, session: Session, envelope: Envelope
-    ) -> Any:
-        state = self.state
+    ) -> str:
         mail_from: str = envelope.mail_from or ""
         rcpt_tos: list[str] = envelope.rcpt_tos
-        custom: str | None = None
-        if state.faults:
-            rule = state.faults.pick("message", (mail_from, *rcpt_tos))
-            if rule is not None:
-                reply = await server.fault_reply(rule)
-                if reply is not None:
-                    if not reply or rule.code is None or rule.code >= 400:
-                        # Refused or dropped: the message was not accepted, so not kept.
-                        return reply
-                    custom = reply
+        reply = await server.fault_for("message", (mail_from, *rcpt_tos))
+        if reply is not MISSING and (not reply or int(reply[:3]) >= 400):
+            # Refused or dropped: the message was not accepted, so not kept.
+            return reply
+        message_id = self._keep(server, session, mail_from, rcpt_tos, envelope.original_content)
+        if reply is MISSING:
+            return f"{replies.QUEUED.code} {replies.QUEUED.text % message_id}"
+        # A fault's 2xx or 3xx reply: kept, and answered with the rule's own text.
+        return reply
+
+    def _keep(
+        self,
+        server: FakeSMTPProtocol,
+        session: Session,
+        mail_from: str,
+        rcpt_tos: list[str],
+        content: bytes | None,
+    ) -> str:
+        """Count an accepted message and store it (unless blackholed); returns its id."""
+        state = self.state
         state.received += 1
         server.messages_accepted += 1
-        raw: bytes = envelope.original_content or b""
         if state.blackhole:
-            message_id = state.store.next_id()
-        else:
-            # session.auth_data, not the deprecated login_data, which warns.
-            auth_data = session.auth_data
-            auth_user = (
-                auth_data.login.decode("utf-8", "replace")
-                if isinstance(auth_data, LoginPassword)
-                else None
+            return state.store.next_id()
+        raw = content or b""
+        # session.auth_data, not the deprecated login_data, which warns.
+        auth_data = session.auth_data
+        auth_user = (
+            auth_data.login.decode("utf-8", "replace")
+            if isinstance(auth_data, LoginPassword)
+            else None
+        )
+        tls = server.uses_tls
+        return state.store.add(
+            lambda new_id: CapturedMessage(
+                new_id, mail_from, list(rcpt_tos), raw, tls=tls, auth_user=auth_user
             )
-            tls = server.uses_tls
-            message_id = state.store.add(
-                lambda new_id: CapturedMessage(
-                    new_id, mail_from, list(rcpt_tos), raw, tls=tls, auth_user=auth_user
-                )
-            ).id
-        return custom or f"{replies.QUEUED.code} {replies.QUEUED.text % message_id}"
+        ).id
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, TLSSetupException):

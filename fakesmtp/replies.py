@@ -20,18 +20,11 @@ class Reply(NamedTuple):
         return f"{self.code} {self.text}"
 
     @property
-    def temporary(self) -> bool:
-        """4xx: the client should try again later."""
-        return 400 <= self.code < 500
-
-    @property
     def closes(self) -> bool:
         """421 means the server closes the connection after saying it (RFC 5321 3.8)."""
         return self.code == 421
 
 
-GREETING = Reply(220, "fakesmtp ESMTP ready")
-ACCEPTED = Reply(250, "2.0.0 OK")
 QUEUED = Reply(250, "2.0.0 OK: queued as %s")
 SERVICE_CLOSING = Reply(421, "4.3.2 Service not available, closing transmission channel")
 GREYLISTED = Reply(451, "4.7.1 Greylisted, please try again later")
@@ -48,7 +41,6 @@ MESSAGE_TOO_BIG = Reply(552, "Error: Too much mail data")
 SIZE_TOO_BIG = Reply(552, "Error: message size exceeds fixed maximum message size")
 LINE_TOO_LONG = Reply(500, "Line too long (see RFC5321 4.5.3.1.6)")
 COMMAND_TOO_LONG = Reply(500, "Command line too long")
-BAD_SYNTAX = Reply(500, "Error: bad syntax")
 
 #: The text a fault rule replies with when it names only a code.
 DEFAULT_FAULT_TEXT: dict[int, str] = {

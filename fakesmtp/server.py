@@ -9,15 +9,14 @@ import random
 import socket
 import ssl
 import threading
-import time
-from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any
 
 from fakesmtp import replies
 from fakesmtp.capture import CapturedMessage, MessageStore
 from fakesmtp.faults import FaultRule, FaultSet
-from fakesmtp.policies import Clock, Greylist, RateLimit, TokenBucket
+from fakesmtp.options import ServerOptions
+from fakesmtp.policies import Greylist, TokenBucket
 from fakesmtp.protocol import ServerState, abort_transport, make_protocol_factory
 
 log = logging.getLogger("fakesmtp")
@@ -29,93 +28,27 @@ _STOP_TIMEOUT = 15.0
 class FakeSMTPServer:
     """A fake SMTP relay that captures mail and fails on purpose, run in a background thread.
 
-    Use it as a context manager (or ``start()``/``stop()``). ``port=0`` picks a
-    free port; ``http_port=None`` turns the HTTP API off and ``0`` picks a free
-    port for it. ``start`` returns once both are listening and re-raises any
-    error from the server thread; ``stop`` re-raises the first error a
-    connection handler hit, so a bug in the fake fails the test that found it.
-
-    Beyond the common options: ``greylist`` (seconds a sender/recipient pair
-    must wait before a retry is accepted), ``rate_limit`` (``"100/s"`` or a
-    :class:`RateLimit`; over it MAIL gets ``rate_limit_code``, 451 or 421),
-    ``max_per_connection`` (421 and close after that many messages on one
-    connection), ``blackhole`` (accept with 250 and keep nothing),
-    ``smtputf8=False`` (do not offer SMTPUTF8, as many relays), and
-    ``clock``/``sleep`` for tests that must not wait in real time.
+    Takes the arguments of :class:`~fakesmtp.options.ServerOptions`, e.g.
+    ``FakeSMTPServer(port=0, faults=[rule], greylist=1.0)``, or one ready
+    ``options=ServerOptions(...)``. Use it as a context manager (or
+    ``start()``/``stop()``). ``start`` returns once SMTP and HTTP are listening
+    and re-raises any error from the server thread; ``stop`` re-raises the first
+    error a connection handler hit, so a bug in the fake fails the test that
+    found it.
     """
 
-    def __init__(
-        self,
-        port: int = 0,
-        http_port: int | None = None,
-        tls_cert: str | None = None,
-        tls_key: str | None = None,
-        implicit_tls: bool = False,
-        require_tls: bool = False,
-        auth: tuple[str, str] | None = None,
-        latency: float = 0.0,
-        faults: Iterable[FaultRule] = (),
-        seed: int | None = None,
-        max_messages: int = 10000,
-        max_size: int | None = None,
-        *,
-        host: str = "127.0.0.1",
-        greylist: float | None = None,
-        rate_limit: str | RateLimit | None = None,
-        rate_limit_code: int = 451,
-        max_per_connection: int | None = None,
-        blackhole: bool = False,
-        smtputf8: bool = True,
-        clock: Clock = time.monotonic,
-        sleep: Callable[[float], Awaitable[Any]] | None = None,
-    ) -> None:
-        if (tls_cert is None) != (tls_key is None):
-            raise ValueError("tls_cert and tls_key go together")
-        if (implicit_tls or require_tls) and tls_cert is None:
-            raise ValueError("implicit_tls and require_tls need tls_cert and tls_key")
-        if max_messages < 1:
-            raise ValueError("max_messages must be at least 1")
-        if max_size is not None and max_size < 1:
-            raise ValueError("max_size must be positive")
-        if latency < 0:
-            raise ValueError("latency must not be negative")
-        if max_per_connection is not None and max_per_connection < 1:
-            raise ValueError("max_per_connection must be at least 1")
-        if rate_limit_code not in (421, 451):
-            raise ValueError("rate_limit_code must be 421 or 451")
-        if greylist is not None and greylist < 0:
-            raise ValueError("greylist must not be negative")
-        self.host = host
-        self.port = port
-        self.http_port = http_port
-        self._tls_cert = tls_cert
-        self._tls_key = tls_key
-        self._implicit_tls = implicit_tls
-        self._require_tls = require_tls
-        self._max_size = max_size
-        self._smtputf8 = smtputf8
-        self.seed = seed
-        limit = RateLimit.parse(rate_limit) if isinstance(rate_limit, str) else rate_limit
-        self._state = ServerState(
-            store=MessageStore(max_messages),
-            faults=FaultSet(random.Random(seed)),  # noqa: S311 - chaos, not security
-            auth=auth,
-            latency=latency,
-            implicit_tls=implicit_tls,
-            blackhole=blackhole,
-            max_per_connection=max_per_connection,
-            greylist=Greylist(greylist, clock) if greylist is not None else None,
-            rate_limit=TokenBucket(limit, clock) if limit is not None else None,
-            rate_limit_reply=(
-                replies.RATE_LIMITED_CLOSING
-                if rate_limit_code == 421
-                else replies.RATE_LIMITED_TEMPORARY
-            ),
-        )
-        if sleep is not None:
-            self._state.sleep = sleep
-        for rule in faults:
-            self._state.faults.add(rule)
+    def __init__(self, *args: Any, options: ServerOptions | None = None, **kwargs: Any) -> None:
+        # One list of options, ServerOptions' fields, so it is not repeated here.
+        if options is None:
+            options = ServerOptions(*args, **kwargs)
+        elif args or kwargs:
+            raise TypeError("pass ServerOptions or its arguments, not both")
+        self.options = options
+        # Bound ports replace 0 once listening.
+        self.host = options.host
+        self.port = options.port
+        self.http_port = options.http_port
+        self._state = _new_state(options)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
@@ -185,29 +118,31 @@ class FakeSMTPServer:
             loop.close()
 
     def _ssl_context(self) -> ssl.SSLContext | None:
-        if self._tls_cert is None:
+        options = self.options
+        if options.tls_cert is None:
             return None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self._tls_cert, self._tls_key)
+        context.load_cert_chain(options.tls_cert, options.tls_key)
         return context
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
         context = self._ssl_context()
+        implicit_tls = self.options.implicit_tls
         factory = make_protocol_factory(
             self._state,
             loop,
-            starttls_context=None if self._implicit_tls else context,
-            require_tls=self._require_tls,
-            max_size=self._max_size,
-            smtputf8=self._smtputf8,
+            starttls_context=None if implicit_tls else context,
+            require_tls=self.options.require_tls,
+            max_size=self.options.max_size,
+            smtputf8=self.options.smtputf8,
         )
         smtp = await loop.create_server(
             factory,
             self.host,
             self.port,
-            ssl=context if self._implicit_tls else None,
+            ssl=context if implicit_tls else None,
             reuse_address=True,
         )
         self.port = smtp.sockets[0].getsockname()[1]
@@ -303,6 +238,32 @@ class FakeSMTPServer:
     def stats(self) -> dict[str, Any]:
         """Counts: connections, messages, stored, faults fired, replies by code."""
         return self._state.stats()
+
+
+def _new_state(options: ServerOptions) -> ServerState:
+    """What this server's connections share, built from its options."""
+    clock = options.clock
+    state = ServerState(
+        store=MessageStore(options.max_messages),
+        faults=FaultSet(random.Random(options.seed)),  # noqa: S311 - chaos, not security
+        auth=options.auth,
+        latency=options.latency,
+        implicit_tls=options.implicit_tls,
+        blackhole=options.blackhole,
+        max_per_connection=options.max_per_connection,
+        greylist=Greylist(options.greylist, clock) if options.greylist is not None else None,
+        rate_limit=TokenBucket(options.limit, clock) if options.limit is not None else None,
+        rate_limit_reply=(
+            replies.RATE_LIMITED_CLOSING
+            if options.rate_limit_code == 421
+            else replies.RATE_LIMITED_TEMPORARY
+        ),
+    )
+    if options.sleep is not None:
+        state.sleep = options.sleep
+    for rule in options.faults:
+        state.faults.add(rule)
+    return state
 
 
 def _quiet_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

@@ -7,10 +7,10 @@ import threading
 import time
 
 import pytest
-from fakesmtp_helpers import make_message
 
 from fakesmtp import FakeSMTPServer, replies
 from fakesmtp.pytest_plugin import FakeSMTPFactory
+from tests.fakesmtp.helpers import make_message
 
 pytestmark = pytest.mark.fakesmtp
 

@@ -7,11 +7,11 @@ import smtplib
 import time
 
 import pytest
-from fakesmtp_helpers import make_message
 
 from fakesmtp import RateLimit, replies
 from fakesmtp.policies import Greylist, TokenBucket
 from fakesmtp.pytest_plugin import FakeSMTPFactory
+from tests.fakesmtp.helpers import make_message
 
 pytestmark = pytest.mark.fakesmtp
 

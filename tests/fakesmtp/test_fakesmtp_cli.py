@@ -12,25 +12,35 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fakesmtp_helpers import make_message
 
-from fakesmtp.cli import build_parser
+from fakesmtp import RateLimit, ServerOptions
+from fakesmtp.cli import build_parser, server_options
+from tests.fakesmtp.helpers import make_message
 
 pytestmark = pytest.mark.fakesmtp
 
 READY = re.compile(
     r"^fakesmtp SMTP on (?P<host>[\d.]+):(?P<port>\d+) (?:HTTP on (?P<http>http://\S+)|HTTP off)$"
 )
+FAKESMTP = [sys.executable, "-m", "fakesmtp"]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_to_exit(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m fakesmtp`` with ``args`` to an exit it should reach on its own."""
+    return subprocess.run(
+        [*FAKESMTP, *args], capture_output=True, text=True, timeout=30, check=False, cwd=REPO
+    )
 
 
 class CLIProcess:
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fakesmtp", "--port", "0", *args],
+            [*FAKESMTP, "--port", "0", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            cwd=Path(__file__).resolve().parents[2],
+            cwd=REPO,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().strip()
@@ -101,14 +111,7 @@ def test_cli_self_signed_offers_starttls(cli: list[CLIProcess]) -> None:
 
 
 def test_cli_refuses_a_bad_fault_spec_with_a_clear_message() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "fakesmtp", "--fault", "rcpt:explode"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        cwd=Path(__file__).resolve().parents[2],
-    )
+    result = run_to_exit("--fault", "rcpt:explode")
     assert result.returncode == 2
     assert "--fault" in result.stderr
     assert "action" in result.stderr
@@ -117,14 +120,7 @@ def test_cli_refuses_a_bad_fault_spec_with_a_clear_message() -> None:
 def test_cli_reports_a_port_in_use(cli: list[CLIProcess]) -> None:
     first = CLIProcess("--http-port", "0")
     cli.append(first)
-    result = subprocess.run(
-        [sys.executable, "-m", "fakesmtp", "--port", str(first.port), "--http-port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        cwd=Path(__file__).resolve().parents[2],
-    )
+    result = run_to_exit("--port", str(first.port), "--http-port", "0")
     assert result.returncode == 1
     assert "cannot listen" in result.stderr
 
@@ -161,3 +157,27 @@ def test_cli_options_map_onto_the_server() -> None:
     assert args.blackhole is True
     assert args.max_per_connection == 3
     assert args.fault[0].probability == 0.1
+
+
+def test_cli_defaults_are_the_documented_server_options(tmp_path: Path) -> None:
+    options = server_options(build_parser().parse_args([]), str(tmp_path))
+    assert options == ServerOptions(port=1025, http_port=8025)
+
+
+def test_cli_arguments_become_one_server_options(tmp_path: Path) -> None:
+    args = build_parser().parse_args(
+        ["--host", "::1", "--port", "0", "--http-port", "auto", "--self-signed", "--require-tls",
+         "--rate-limit", "10/m", "--rate-limit-code", "421", "--max-per-connection", "3",
+         "--fault", "rcpt:reply:451", "--fault", "message:disconnect", "--no-smtputf8"]
+    )  # fmt: skip
+    options = server_options(args, str(tmp_path))
+    assert (options.host, options.port, options.http_port) == ("::1", 0, 0)
+    assert options.tls_cert is not None
+    assert options.tls_key is not None
+    assert Path(options.tls_cert).parent == tmp_path
+    assert options.require_tls is True
+    assert options.limit == RateLimit(10, 60.0)
+    assert options.rate_limit_code == 421
+    assert options.max_per_connection == 3
+    assert [rule.stage for rule in options.faults] == ["rcpt", "message"]
+    assert options.smtputf8 is False

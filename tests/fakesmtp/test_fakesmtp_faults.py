@@ -8,10 +8,10 @@ import time
 from typing import Any, cast
 
 import pytest
-from fakesmtp_helpers import make_message
 
 from fakesmtp import FakeSMTPServer, FaultRule, FaultSpecError, replies
 from fakesmtp.faults import STAGES
+from tests.fakesmtp.helpers import make_message
 
 pytestmark = pytest.mark.fakesmtp
 

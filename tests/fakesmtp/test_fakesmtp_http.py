@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from fakesmtp_helpers import make_message
 
 from fakesmtp import FakeSMTPServer
 from fakesmtp.pytest_plugin import FakeSMTPFactory
+from tests.fakesmtp.helpers import make_message
 
 pytestmark = pytest.mark.fakesmtp
 

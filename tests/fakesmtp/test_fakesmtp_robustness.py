@@ -6,10 +6,10 @@ from __future__ import annotations
 import smtplib
 
 import pytest
-from fakesmtp_helpers import RawClient, make_message
 
 from fakesmtp import FakeSMTPServer, replies
 from fakesmtp.capture import CapturedMessage
+from tests.fakesmtp.helpers import RawClient, make_message
 
 pytestmark = pytest.mark.fakesmtp
 
@@ -68,10 +68,7 @@ def test_a_one_megabyte_command_line_is_refused_and_the_session_continues(
 
 def test_a_one_megabyte_data_line_is_refused_after_the_dot(fakesmtp: FakeSMTPServer) -> None:
     with RawClient(fakesmtp) as client:
-        client.reply()
-        client.command(b"EHLO me")
-        client.command(b"MAIL FROM:<s@example.com>")
-        client.command(b"RCPT TO:<r@example.com>")
+        client.open_transaction()
         assert client.command(b"DATA")[0] == 354
         client.send(b"Subject: long\r\n\r\n" + b"y" * 1_000_000 + b"\r\n.\r\n")
         assert client.reply()[0] == replies.LINE_TOO_LONG.code
@@ -83,10 +80,7 @@ def test_a_one_megabyte_data_line_is_refused_after_the_dot(fakesmtp: FakeSMTPSer
 def test_non_utf8_message_bytes_are_kept_raw_and_shown_safely(fakesmtp: FakeSMTPServer) -> None:
     raw = b"Subject: caf\xe9\r\nX-Bin: \xff\xfe\r\n\r\nbody \x80\x81 end\r\n"
     with RawClient(fakesmtp) as client:
-        client.reply()
-        client.command(b"EHLO me")
-        client.command(b"MAIL FROM:<s@example.com>")
-        client.command(b"RCPT TO:<r@example.com>")
+        client.open_transaction()
         client.command(b"DATA")
         client.send(raw + b".\r\n")
         assert client.reply()[0] == 250
@@ -148,10 +142,7 @@ def test_a_client_that_vanishes_mid_data_stores_nothing_and_harms_no_one(
     fakesmtp: FakeSMTPServer,
 ) -> None:
     client = RawClient(fakesmtp)
-    client.reply()
-    client.command(b"EHLO me")
-    client.command(b"MAIL FROM:<s@example.com>")
-    client.command(b"RCPT TO:<r@example.com>")
+    client.open_transaction()
     client.command(b"DATA")
     client.send(b"Subject: half\r\n\r\nhalf a mess")
     client.close()

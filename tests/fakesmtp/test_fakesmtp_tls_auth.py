@@ -8,11 +8,11 @@ import ssl
 from pathlib import Path
 
 import pytest
-from fakesmtp_helpers import client_tls_context, make_message
 
 from fakesmtp import FakeSMTPServer, replies
 from fakesmtp.certs import make_self_signed
 from fakesmtp.pytest_plugin import FakeSMTPFactory
+from tests.fakesmtp.helpers import client_tls_context, make_message
 
 pytestmark = pytest.mark.fakesmtp
 

@@ -35,8 +35,7 @@ def make_message(
 
 
 def client_tls_context(cert_path: str) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=cert_path)
-    return context
+    return ssl.create_default_context(cafile=cert_path)
 
 
 class RawClient:
@@ -63,6 +62,12 @@ class RawClient:
     def command(self, line: bytes) -> tuple[int, list[bytes]]:
         self.send(line + b"\r\n")
         return self.reply()
+
+    def open_transaction(self) -> None:
+        """Greeting, EHLO, MAIL and RCPT, replies unread, for tests of what comes after."""
+        self.reply()
+        for line in (b"EHLO me", b"MAIL FROM:<s@example.com>", b"RCPT TO:<r@example.com>"):
+            self.command(line)
 
     def closed_by_server(self) -> bool:
         try:
