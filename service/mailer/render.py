@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.headerregistry import Address
@@ -97,6 +97,45 @@ def _date_header(epoch_seconds: int) -> str:
     return format_datetime(datetime.fromtimestamp(epoch_seconds, UTC))
 
 
+@dataclass(frozen=True, slots=True)
+class _Parties:
+    sender: _Address
+    to: list[_Address]
+    cc: list[_Address]
+    bcc: list[_Address]
+    reply_to: list[_Address]
+
+    @property
+    def rcpt_tos(self) -> list[str]:
+        """The envelope: to, cc and bcc, each address once, in that order."""
+        return list(dict.fromkeys(a.addr_spec for a in (*self.to, *self.cc, *self.bcc)))
+
+    @property
+    def smtputf8(self) -> bool:
+        return any(a.smtputf8 for a in (self.sender, *self.to, *self.cc, *self.bcc, *self.reply_to))
+
+
+def _parties(request: SendRequest, default_from: str) -> _Parties:
+    parties = _Parties(
+        sender=_parse_all([request.from_ or default_from], "from")[0],
+        to=_parse_all(request.to, "to"),
+        cc=_parse_all(request.cc, "cc"),
+        bcc=_parse_all(request.bcc, "bcc"),
+        reply_to=_parse_all([request.reply_to], "reply_to") if request.reply_to else [],
+    )
+    if not parties.to and not parties.cc and not parties.bcc:
+        raise ValueError("no recipients")
+    return parties
+
+
+def _extra_headers(request: SendRequest) -> list[tuple[str, str]]:
+    syntax.check_header_text(request.subject, "subject")
+    syntax.check_header_names(request.headers)
+    for name, value in request.headers.items():
+        syntax.check_header_text(value, f"header {name}")
+    return list(request.headers.items())
+
+
 def render_message(
     request: SendRequest,
     *,
@@ -112,71 +151,59 @@ def render_message(
     the API validates the same things first. `now` fixes the Date header (tests);
     `record_id` is the local part of the Message-ID (a new id when not given).
     """
-    sender = _parse_all([request.from_ or default_from], "from")[0]
-    to = _parse_all(request.to, "to")
-    cc = _parse_all(request.cc, "cc")
-    bcc = _parse_all(request.bcc, "bcc")
-    reply_to = _parse_all([request.reply_to], "reply_to") if request.reply_to else []
-    if not to and not cc and not bcc:
-        raise ValueError("no recipients")
-    syntax.check_header_text(request.subject, "subject")
-    syntax.check_header_names(request.headers)
-    for name, value in request.headers.items():
-        syntax.check_header_text(value, f"header {name}")
-    extra = list(request.headers.items())
-
-    rcpt_tos: list[str] = []
-    seen: set[str] = set()
-    for address in (*to, *cc, *bcc):
-        if address.addr_spec not in seen:
-            seen.add(address.addr_spec)
-            rcpt_tos.append(address.addr_spec)
-    smtputf8 = any(a.smtputf8 for a in (sender, *to, *cc, *bcc, *reply_to))
-
-    message_id = f"<{record_id or new_id()}@{sender.domain}>"
+    parties = _parties(request, default_from)
+    extra = _extra_headers(request)
+    smtputf8 = parties.smtputf8
+    message_id = f"<{record_id or new_id()}@{parties.sender.domain}>"
     date = format_datetime(now) if now is not None else _date_now()
-
+    top = [("Date", date), ("Subject", request.subject), ("Message-ID", message_id)]
+    p = parties
     # Only text that may be split matters for folding: an addr-spec or a Message-ID is
     # one unbreakable token on either path. "Reply-To" stands for every address header
     # (the longest name).
     foldable = [("Subject", request.subject), *extra]
-    foldable += [("Reply-To", a.display_name) for a in (sender, *to, *cc, *reply_to)]
+    foldable += [("Reply-To", a.display_name) for a in (p.sender, *p.to, *p.cc, *p.reply_to)]
     if smtputf8 or not all(encode.compat32_folds(name, value) for name, value in foldable):
         # The modern policy: it writes non-ASCII local parts as raw UTF-8 (RFC 6532;
         # they cannot be RFC 2047-encoded) and splits over-long words.
-        def addresses(items: list[_Address]) -> list[Address]:
-            return [Address(a.display_name, a.local, a.domain) for a in items]
-
-        modern: list[tuple[str, Any]] = [
-            ("Date", date),
-            ("From", addresses([sender])),
-            ("To", addresses(to)),
-            ("Cc", addresses(cc)),
-            ("Reply-To", addresses(reply_to)),
-            ("Subject", request.subject),
-            ("Message-ID", message_id),
-        ]
-        modern = [(n, v) for n, v in modern if v or n == "Subject"] + list(extra)
+        modern = _headers(top, parties, _header_addresses) + extra
         data = encode.render_policy(modern, request.body, request.html, utf8=smtputf8)
     else:
-        plain = [
-            ("Date", date),
-            ("From", _format(sender)),
-            ("To", ", ".join(map(_format, to))),
-            ("Cc", ", ".join(map(_format, cc))),
-            ("Reply-To", ", ".join(map(_format, reply_to))),
-            ("Subject", request.subject),
-            ("Message-ID", message_id),
-        ]
-        plain = [(n, v) for n, v in plain if v or n == "Subject"] + extra
+        plain = _headers(top, parties, _header_text) + extra
         if encode.fast_body_ok(request.body) and encode.fast_body_ok(request.html):
             data = encode.render_fast(plain, request.body, request.html)
         else:
             data = encode.render_compat32(plain, request.body, request.html)
     return RenderedMessage(
         message_id=message_id,
-        mail_from=sender.addr_spec,
-        rcpt_tos=rcpt_tos,
+        mail_from=parties.sender.addr_spec,
+        rcpt_tos=parties.rcpt_tos,
         data=data,
         smtputf8=smtputf8,
     )
+
+
+def _header_text(items: list[_Address]) -> str:
+    return ", ".join(map(_format, items))
+
+
+def _header_addresses(items: list[_Address]) -> list[Address]:
+    return [Address(a.display_name, a.local, a.domain) for a in items]
+
+
+def _headers(
+    top: list[tuple[str, str]], parties: _Parties, form: Callable[[list[_Address]], Any]
+) -> list[tuple[str, Any]]:
+    """Date, From, To, Cc, Reply-To, Subject, Message-ID, in that order, each address
+    header in `form`; empty address headers left out (Subject is always there)."""
+    (_, date), (_, subject), (_, message_id) = top
+    headers: list[tuple[str, Any]] = [
+        ("Date", date),
+        ("From", form([parties.sender])),
+        ("To", form(parties.to)),
+        ("Cc", form(parties.cc)),
+        ("Reply-To", form(parties.reply_to)),
+        ("Subject", subject),
+        ("Message-ID", message_id),
+    ]
+    return [(n, v) for n, v in headers if v or n == "Subject"]

@@ -18,8 +18,6 @@ from aiosmtpd.smtp import TLSSetupException
 
 from fakesmtp import FakeSMTPServer, FaultRule
 from fakesmtp.certs import make_self_signed
-from service import mailer
-from service.mailer import smtp as mailer_smtp
 from service.mailer import (
     ConnectionPool,
     DeliveryError,
@@ -31,6 +29,7 @@ from service.mailer import (
     connection_factory,
     render_message,
 )
+from service.mailer import smtp as mailer_smtp
 from service.models import SendRequest
 from service.retry import RetryPolicy, send_with_retries
 
