@@ -12,10 +12,10 @@ Where the batch is written depends on the database:
 - SQLite (`LoopCommitter`): on the event loop itself, as soon as the requests
   that are ready have run. A local SQLite transaction of a few rows takes tens
   of microseconds; handing it to a thread costs more than that, because the
-  thread must win the GIL back from a busy event loop for every step (measured:
-  the thread version answered ~2,100 req/s where this one answers ~2,800; see
-  docs/benchmarks.md). The price: while SQLite waits for another writer's lock
-  (a delivery thread's short transaction), the loop waits too.
+  thread must win the GIL back from a busy event loop for every step (the
+  figures are in docs/benchmarks.md). The price: while SQLite waits for
+  another writer's lock (a delivery thread's short transaction), the loop
+  waits too.
 - A server database (`ThreadCommitter`, PostgreSQL): in a writer thread. A
   commit there is a network round trip, and an unreachable server can take
   CONNECT_TIMEOUT to fail; the event loop must not stop for either.

@@ -90,7 +90,7 @@ def tune_garbage_collector() -> None:
     Requests waiting for their commit live long enough to be promoted to the old
     generation, which triggers full collections; each one walked every object the
     imports created (FastAPI, pydantic, SQLAlchemy: hundreds of thousands) and
-    showed as a p99 of ~55 ms on /send_async under load. `gc.freeze()` moves
+    showed in the accept path's p99 (docs/benchmarks.md). `gc.freeze()` moves
     what exists after start-up out of the collector's sight for good (it is never
     garbage), and a larger young generation collects less often. Reference counting
     still frees everything else at once; only cycles wait a little longer.

@@ -61,8 +61,7 @@ async def send_async(
     """Queue a message: answered 202 only once it is committed to the database."""
     services = context.services
     message_id = new_id()
-    key = await _check(payload, context, idempotency_key, "send_async")
-    rendered = await accept.render(payload, services, message_id)
+    key, rendered = await _accept(payload, context, idempotency_key, "send_async", message_id)
     _reserve_slot(context)
     answer = SendResponse(
         ok=True, id=message_id, status="queued", message_id=rendered.message_id
@@ -107,8 +106,7 @@ async def send(
     """Send now and answer with the outcome: 200 sent, 500 failed (retries included)."""
     services = context.services
     message_id = new_id()
-    key = await _check(payload, context, idempotency_key, "send")
-    rendered = await accept.render(payload, services, message_id)
+    key, rendered = await _accept(payload, context, idempotency_key, "send", message_id)
     new = _new_message(message_id, "sync", rendered, payload, key)
     try:
         # Through the committer like /send_async: batched with the other inserts,
@@ -170,15 +168,16 @@ async def metrics_endpoint(services: ServicesDep) -> Response:
 # -- the steps ----------------------------------------------------------------------
 
 
-async def _check(
-    payload: SendRequest, context: SendContext, key: str | None, endpoint: str
-) -> idempotency.IdempotencyKey | None:
-    """The checks before rendering; EarlierAnswer when the Idempotency-Key was used."""
+async def _accept(
+    payload: SendRequest, context: SendContext, key: str | None, endpoint: str, message_id: str
+) -> tuple[idempotency.IdempotencyKey | None, RenderedMessage]:
+    """Checks, then the message rendered as `message_id`, with its idempotency key.
+    Raises EarlierAnswer when the Idempotency-Key was used before."""
     services = context.services
     accept.check_request(payload, services.settings, services.sender_policy)
     scoped = idempotency.IdempotencyKey.of(context.client.fingerprint, key, payload, endpoint)
     await idempotency.raise_if_answered(services.outbox, scoped, services.settings)
-    return scoped
+    return scoped, await accept.render(payload, services, message_id)
 
 
 def _reserve_slot(context: SendContext) -> None:

@@ -171,28 +171,17 @@ class DeliveryWrites(Store):
         """Async rows in sending past their lease go back to queued; sync rows become failed."""
         now = self._clock()
         expired = sa.and_(_m.status == "sending", _m.lease_until < now)
+        released = {"lease_until": None, "owner": None, "updated_at": now}
         with self._tx() as conn:
             requeued = conn.execute(
                 messages_table.update()
                 .where(expired, _m.mode == "async")
-                .values(
-                    status="queued",
-                    next_attempt_at=now,
-                    lease_until=None,
-                    owner=None,
-                    updated_at=now,
-                )
+                .values(status="queued", next_attempt_at=now, **released)
             ).rowcount
             failed = conn.execute(
                 messages_table.update()
                 .where(expired, _m.mode == "sync")
-                .values(
-                    status="failed",
-                    last_error=INTERRUPTED_SYNC_ERROR,
-                    lease_until=None,
-                    owner=None,
-                    updated_at=now,
-                )
+                .values(status="failed", last_error=INTERRUPTED_SYNC_ERROR, **released)
             ).rowcount
         if requeued or failed:
             log.warning(
