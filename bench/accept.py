@@ -17,14 +17,13 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import Result, finish, median, parser, request_cycle
+from bench.common import Result, finish, median, parser, request_cycle, workdir
 from bench.httpload import LoadResult, run_load
-from bench.procs import REPO, FakeSMTP, Service, load_average
+from bench.procs import REPO, FakeSMTP, Service
 from bench.profile import record, summarize
 
 TARGET = 0.6
@@ -72,67 +71,54 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", type=Path, help="py-spy the service into this raw file")
     p.add_argument("--keep", type=Path, help="keep logs here (default: a temporary directory)")
     args = p.parse_args(argv)
-    result = Result(
-        name="accept",
-        metric="/send_async requests/s",
-        value=0,
-        baseline=0,
-        ratio=0,
-        target=f">= {TARGET}",
-        ok=False,
-        load_before=load_average(),
-    )
+    result = Result.begin("accept", "/send_async requests/s", f">= {TARGET}")
     service_rates: list[float] = []
     bare_rates: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="bench-accept-") as tmp:
-        logs = args.keep or Path(tmp)
-        logs.mkdir(parents=True, exist_ok=True)
-        # Blocked relay: the greeting never comes, so every delivery thread waits in
-        # connect and no delivery work competes with the accept path.
-        with FakeSMTP(logs, ["--fault", "connect:delay:3600", "--http-port", "0"]) as fake:
-            for round_no in range(args.rounds):
-                key = secrets.token_urlsafe(24)
-                bare = BareApp(
-                    logs, Path(tmp) / "unused.db", {}, api_key=key, name=f"bare-{round_no}"
-                )
-                b = measure(bare, args.connections, args.seconds, args.warmup)
-                service = Service(
-                    logs,
-                    Path(tmp) / f"accept-{round_no}.db",
-                    {
-                        "SMTP_HOST": fake.host,
-                        "SMTP_PORT": str(fake.port),
-                        "SMTP_TIMEOUT": "3600",
-                        "QUEUE_MAXSIZE": "10000000",
-                    },
-                    api_key=key,
-                    name=f"service-{round_no}",
-                )
-                s = measure(service, args.connections, args.seconds, args.warmup, args.profile)
-                for label, run in (("bare", b), ("service", s)):
-                    others = {k: v for k, v in run.statuses.items() if k != 202}
-                    if others:
-                        result.notes.append(f"round {round_no} {label}: non-202 answers {others}")
-                bare_rates.append(b.statuses[202] / b.seconds)
-                service_rates.append(s.statuses[202] / s.seconds)
-                result.rounds.append(
-                    {
-                        "service_rps": service_rates[-1],
-                        "bare_rps": bare_rates[-1],
-                        "service_p50_ms": s.percentile(50) * 1000,
-                        "service_p99_ms": s.percentile(99) * 1000,
-                        "bare_p50_ms": b.percentile(50) * 1000,
-                        "bare_p99_ms": b.percentile(99) * 1000,
-                        "load1": os.getloadavg()[0],
-                    }
-                )
-                print(
-                    f"round {round_no}: service {service_rates[-1]:.0f} req/s "
-                    f"(p50 {s.percentile(50) * 1000:.1f} ms, p99 {s.percentile(99) * 1000:.1f} ms)"
-                    f", bare {bare_rates[-1]:.0f} req/s (p50 {b.percentile(50) * 1000:.1f} ms, "
-                    f"p99 {b.percentile(99) * 1000:.1f} ms), load {os.getloadavg()[0]:.2f}",
-                    flush=True,
-                )
+    # Blocked relay: the greeting never comes, so every delivery thread waits in
+    # connect and no delivery work competes with the accept path.
+    blocked = ["--fault", "connect:delay:3600", "--http-port", "0"]
+    with workdir("bench-accept-", args.keep) as (tmp, logs), FakeSMTP(logs, blocked) as fake:
+        for round_no in range(args.rounds):
+            key = secrets.token_urlsafe(24)
+            bare = BareApp(logs, Path(tmp) / "unused.db", {}, api_key=key, name=f"bare-{round_no}")
+            b = measure(bare, args.connections, args.seconds, args.warmup)
+            service = Service(
+                logs,
+                Path(tmp) / f"accept-{round_no}.db",
+                {
+                    "SMTP_HOST": fake.host,
+                    "SMTP_PORT": str(fake.port),
+                    "SMTP_TIMEOUT": "3600",
+                    "QUEUE_MAXSIZE": "10000000",
+                },
+                api_key=key,
+                name=f"service-{round_no}",
+            )
+            s = measure(service, args.connections, args.seconds, args.warmup, args.profile)
+            for label, run in (("bare", b), ("service", s)):
+                others = {k: v for k, v in run.statuses.items() if k != 202}
+                if others:
+                    result.notes.append(f"round {round_no} {label}: non-202 answers {others}")
+            bare_rates.append(b.statuses[202] / b.seconds)
+            service_rates.append(s.statuses[202] / s.seconds)
+            result.rounds.append(
+                {
+                    "service_rps": service_rates[-1],
+                    "bare_rps": bare_rates[-1],
+                    "service_p50_ms": s.percentile(50) * 1000,
+                    "service_p99_ms": s.percentile(99) * 1000,
+                    "bare_p50_ms": b.percentile(50) * 1000,
+                    "bare_p99_ms": b.percentile(99) * 1000,
+                    "load1": os.getloadavg()[0],
+                }
+            )
+            print(
+                f"round {round_no}: service {service_rates[-1]:.0f} req/s "
+                f"(p50 {s.percentile(50) * 1000:.1f} ms, p99 {s.percentile(99) * 1000:.1f} ms)"
+                f", bare {bare_rates[-1]:.0f} req/s (p50 {b.percentile(50) * 1000:.1f} ms, "
+                f"p99 {b.percentile(99) * 1000:.1f} ms), load {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
     # Best round of each, as timeit does: on a shared machine the slow rounds measure
     # the neighbours. The medians are in the notes.
     result.value, result.baseline = max(service_rates), max(bare_rates)

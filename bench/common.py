@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
 import sys
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.httpload import build_post
+from bench.httpload import build_post, read_response
 from bench.procs import load_average
 
 # A typical transactional message: one recipient, a subject, a short text body.
@@ -53,6 +56,29 @@ class Result:
     load_before: str = ""
     load_after: str = ""
     command: str = ""
+
+    @classmethod
+    def begin(cls, name: str, metric: str, target: str) -> Result:
+        """An empty result, the machine's load noted before anything runs."""
+        return cls(
+            name=name,
+            metric=metric,
+            value=0,
+            baseline=0,
+            ratio=0,
+            target=target,
+            ok=False,
+            load_before=load_average(),
+        )
+
+
+@contextlib.contextmanager
+def workdir(prefix: str, keep: Path | None) -> Iterator[tuple[Path, Path]]:
+    """(a temporary directory, where logs go: `keep` when given, else the same)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        logs = keep or Path(tmp)
+        logs.mkdir(parents=True, exist_ok=True)
+        yield Path(tmp), logs
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -105,14 +131,7 @@ def post_many(
             while issued[0] < count:
                 writer.write(requests[issued[0] % len(requests)])
                 issued[0] += 1
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                if length:
-                    await reader.readexactly(length)
-                statuses[int(head[9:12])] += 1
+                statuses[await read_response(reader)] += 1
         finally:
             writer.close()
 

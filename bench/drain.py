@@ -27,15 +27,14 @@ import shutil
 import smtplib
 import sqlite3
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import Result, finish, median, parser, post_many, request_cycle
-from bench.procs import FakeSMTP, Service, Sink, load_average, wait_until
+from bench.common import Result, finish, median, parser, post_many, request_cycle, workdir
+from bench.procs import FakeSMTP, Service, Sink, wait_until
 from bench.profile import record, summarize
 
 TARGET_RATIO = 0.7
@@ -195,22 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline_client is not None:
         baseline_client(args.baseline_client, args.port, args.threads)
         return 0
-    result = Result(
-        name="drain",
-        metric=f"msgs/s delivering a {args.messages} backlog",
-        value=0,
-        baseline=0,
-        ratio=0,
-        target=f">= {TARGET_RATIO} and >= {TARGET_RATE:.0f} msgs/s",
-        ok=False,
-        load_before=load_average(),
+    result = Result.begin(
+        "drain",
+        f"msgs/s delivering a {args.messages} backlog",
+        f">= {TARGET_RATIO} and >= {TARGET_RATE:.0f} msgs/s",
     )
     service_rates: list[float] = []
     baseline_rates: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="bench-drain-") as tmp:
-        work = Path(tmp)
-        logs = args.keep or work
-        logs.mkdir(parents=True, exist_ok=True)
+    with workdir("bench-drain-", args.keep) as (work, logs):
         snapshot = work / "backlog.db"
         build_backlog(logs, snapshot, args.messages)
         for round_no in range(args.rounds):

@@ -37,6 +37,18 @@ def build_post(host: str, path: str, body: bytes, headers: dict[str, str]) -> by
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+async def read_response(reader: asyncio.StreamReader) -> int:
+    """Read one response (status line, headers, a Content-Length body); its status."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    if length:
+        await reader.readexactly(length)
+    return int(head[9:12])
+
+
 async def _connection(
     host: str,
     port: int,
@@ -53,14 +65,7 @@ async def _connection(
             request = make_request(counter[0])
             started = time.perf_counter()
             writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            if length:
-                await reader.readexactly(length)
+            status = await read_response(reader)
             latencies.append(time.perf_counter() - started)
             statuses[status] += 1
     finally:

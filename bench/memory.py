@@ -17,14 +17,13 @@ VmHWM from /proc/<pid>/status, summed over the service process and its children
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import Result, finish, parser, post_many, request_cycle
-from bench.procs import FakeSMTP, Service, load_average, tree_memory_kib, wait_until
+from bench.common import Result, finish, parser, post_many, request_cycle, workdir
+from bench.procs import FakeSMTP, Service, tree_memory_kib, wait_until
 
 TARGET_MB = 250.0
 
@@ -38,20 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--messages", type=int, default=100_000)
     p.add_argument("--keep", type=Path, help="keep logs here")
     args = p.parse_args(argv)
-    result = Result(
-        name="memory",
-        metric=f"peak RSS with {args.messages} queued vs idle, MB",
-        value=0,
-        baseline=0,
-        ratio=0,
-        target=f"peak <= {TARGET_MB:.0f} MB",
-        ok=False,
-        load_before=load_average(),
+    result = Result.begin(
+        "memory", f"peak RSS with {args.messages} queued vs idle, MB", f"peak <= {TARGET_MB:.0f} MB"
     )
     peaks: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
-        logs = args.keep or Path(tmp)
-        logs.mkdir(parents=True, exist_ok=True)
+    with workdir("bench-memory-", args.keep) as (tmp, logs):
         db_path = Path(tmp) / "memory.db"
         with FakeSMTP(logs, ["--fault", "connect:delay:3600", "--http-port", "0"]) as fake:
             env = {

@@ -23,15 +23,14 @@ import os
 import smtplib
 import ssl
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import Result, finish, parser, request_cycle, send_body
+from bench.common import Result, finish, parser, request_cycle, send_body, workdir
 from bench.httpload import run_load
-from bench.procs import FakeSMTP, Service, load_average
+from bench.procs import FakeSMTP, Service
 from fakesmtp.certs import make_self_signed
 
 TARGET = 1.0
@@ -85,19 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--keep", type=Path, help="keep logs here")
     args = p.parse_args(argv)
-    result = Result(
-        name="sync_latency",
-        metric="p50 of /send vs naive smtplib with STARTTLS, ms",
-        value=0,
-        baseline=0,
-        ratio=0,
-        target=f"<= {TARGET}",
-        ok=False,
-        load_before=load_average(),
+    result = Result.begin(
+        "sync_latency", "p50 of /send vs naive smtplib with STARTTLS, ms", f"<= {TARGET}"
     )
-    with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp:
-        logs = args.keep or Path(tmp)
-        logs.mkdir(parents=True, exist_ok=True)
+    with workdir("bench-sync-", args.keep) as (tmp, logs):
         cert, key = make_self_signed(Path(tmp))
         summary: dict[str, dict[str, list[float]]] = {}
         for variant in ("starttls", "none"):
