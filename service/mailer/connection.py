@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import smtplib
 import ssl
@@ -254,16 +255,20 @@ class SMTPConnection:
 
 def connection_factory(settings: Settings) -> Callable[[], SMTPConnection]:
     """A SenderFactory of SMTPConnections that share one SSL context (loading the
-    trust store costs milliseconds: once, when the first connection needs it)."""
+    trust store costs milliseconds: once, when the first connection needs it).
+
+    A context that cannot be made (an unreadable SMTP_CA_FILE) is left to each
+    connection, which reports it as a PermanentDeliveryError when it opens, so
+    that the message it was opened for fails rather than the factory.
+    """
     lock = threading.Lock()
     context: ssl.SSLContext | None = None
 
     def connect() -> SMTPConnection:
         nonlocal context
-        if settings.smtp_security != "none":
-            with lock:
-                if context is None:
-                    context = make_ssl_context(settings)
+        if settings.smtp_security != "none" and context is None:
+            with lock, contextlib.suppress(PermanentDeliveryError):
+                context = context or make_ssl_context(settings)
         return SMTPConnection(settings, ssl_context=context)
 
     return connect
