@@ -1,6 +1,7 @@
 """Sessions for CI and for people: `nox` runs lint, typecheck and tests.
 
-Opt-in sessions: `contract` (schemathesis), `dev` (service + fakesmtp),
+Opt-in sessions: `unit`, `e2e`, `postgres` (the tests by what they cost),
+`contract` (tests/api, then schemathesis), `dev` (service + fakesmtp),
 `load` (locust), `bench` (benchmark scripts). Each session installs what it
 needs into its own virtualenv, so a fresh clone needs only nox itself.
 """
@@ -52,27 +53,37 @@ def _pytest_with_coverage(session: nox.Session, *args: str) -> None:
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """The default test run: unit, retry, contract, end-to-end, with a coverage floor."""
+    """The default test run: every test (unit, e2e, postgres), with a coverage floor."""
     _pytest_with_coverage(session)
 
 
 @nox.session(python=PYTHON)
 def unit(session: nox.Session) -> None:
+    """In-process tests (servers on 127.0.0.1 in threads, no processes). Their PostgreSQL
+    cases are marked `postgres` too: `nox -s unit -- -m "unit and not postgres"` skips them."""
     session.install("-e", ".[test]")
     session.run("pytest", "-m", "unit", *session.posargs)
 
 
 @nox.session(python=PYTHON)
-def retry(session: nox.Session) -> None:
+def e2e(session: nox.Session) -> None:
+    """Tests that start real processes (python -m service, python -m fakesmtp)."""
     session.install("-e", ".[test]")
-    session.run("pytest", "-m", "retry", *session.posargs)
+    session.run("pytest", "-m", "e2e", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def postgres(session: nox.Session) -> None:
+    """Tests that need the PostgreSQL server on 127.0.0.1:5432."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "postgres", *session.posargs)
 
 
 @nox.session(python=PYTHON)
 def contract(session: nox.Session) -> None:
-    """The HTTP contract tests, then schemathesis against the service's own OpenAPI schema."""
+    """The HTTP API's tests (tests/api), then schemathesis against its own OpenAPI schema."""
     session.install("-e", ".[test,contract]")
-    session.run("pytest", "-m", "contract", *session.posargs)
+    session.run("pytest", "tests/api", *session.posargs)
     session.run("python", "tests/schemathesis_run.py", *session.posargs)
 
 

@@ -10,9 +10,9 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import AUTH, MakeClient, MakeSettings
+from tests.api.helpers import AUTH, MakeClient, MakeSettings
 
-pytestmark = pytest.mark.contract
+pytestmark = pytest.mark.unit
 
 json_values = st.recursive(
     st.none()

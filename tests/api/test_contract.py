@@ -18,25 +18,22 @@ from fastapi.testclient import TestClient
 
 from fakesmtp import FakeSMTPServer, FaultRule
 from service.config import Settings
+from tests.api.helpers import (
+    AUTH,
+    KEY,
+    OTHER_KEY,
+    SEND_RESPONSE_KEYS,
+    STATUS_KEYS,
+    MakeClient,
+    MakeSettings,
+    stored_rows,
+    wait_status,
+)
+from tests.helpers import FakeClock
 
-from .conftest import AUTH, KEY, OTHER_KEY, MakeClient, MakeSettings, stored_rows, wait_status
-
-pytestmark = pytest.mark.contract
+pytestmark = pytest.mark.unit
 
 MESSAGE: dict[str, Any] = {"to": "ana@example.com", "subject": "Hello", "body": "the body text"}
-SEND_RESPONSE_KEYS = {"ok", "id", "status", "message_id", "error", "rejected"}
-STATUS_KEYS = {
-    "id",
-    "status",
-    "attempts",
-    "last_error",
-    "created_at",
-    "updated_at",
-    "sent_at",
-    "message_id",
-    "to",
-    "subject",
-}
 
 
 def assert_iso_utc(value: str) -> None:
@@ -51,6 +48,17 @@ def assert_error_shape(response: Any, status: int) -> None:
     assert set(body) == {"detail"}
     assert isinstance(body["detail"], str)
     assert body["detail"]
+
+
+def accepted_body(response: Any, code: int, status: str) -> dict[str, Any]:
+    """The answer of a send that went well: `code`, every field, ok, `status`, no error."""
+    assert response.status_code == code, response.text
+    body: dict[str, Any] = response.json()
+    assert set(body) == SEND_RESPONSE_KEYS
+    assert body["ok"] is True
+    assert body["status"] == status
+    assert body["error"] is None
+    return body
 
 
 # -- /health ----------------------------------------------------------------------
@@ -68,13 +76,7 @@ def test_health_answers_ok_without_a_key(client: TestClient) -> None:
 def test_send_answers_200_sent_and_the_relay_has_the_message(
     client: TestClient, relay: FakeSMTPServer
 ) -> None:
-    response = client.post("/send", json=MESSAGE, headers=AUTH)
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert set(body) == SEND_RESPONSE_KEYS
-    assert body["ok"] is True
-    assert body["status"] == "sent"
-    assert body["error"] is None
+    body = accepted_body(client.post("/send", json=MESSAGE, headers=AUTH), 200, "sent")
     assert body["rejected"] == []
     assert re.fullmatch(r"<[^<>@]+@[^<>]+>", body["message_id"])
     [captured] = relay.wait_for(1)
@@ -164,13 +166,7 @@ def test_send_reports_recipients_refused_while_others_were_accepted(
 def test_send_async_answers_202_queued_then_delivers(
     client: TestClient, relay: FakeSMTPServer
 ) -> None:
-    response = client.post("/send_async", json=MESSAGE, headers=AUTH)
-    assert response.status_code == 202, response.text
-    body = response.json()
-    assert set(body) == SEND_RESPONSE_KEYS
-    assert body["ok"] is True
-    assert body["status"] == "queued"
-    assert body["error"] is None
+    body = accepted_body(client.post("/send_async", json=MESSAGE, headers=AUTH), 202, "queued")
     [captured] = relay.wait_for(1)
     assert captured.message_id == body["message_id"]
     record = wait_status(client, body["id"], "sent")
@@ -540,18 +536,10 @@ def test_body_just_under_the_limit_is_accepted(
 # -- rate limit ------------------------------------------------------------------------
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_rate_limit_answers_429_with_retry_after_and_refills(
     make_client: MakeClient, make_settings: MakeSettings, relay: FakeSMTPServer, db_path: Path
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     client = make_client(make_settings(rate_limit_per_second=0.5, rate_limit_burst=2), clock=clock)
     assert client.post("/send_async", json=MESSAGE, headers=AUTH).status_code == 202
     assert client.post("/send", json=MESSAGE, headers=AUTH).status_code == 200
@@ -564,7 +552,7 @@ def test_rate_limit_answers_429_with_retry_after_and_refills(
         client.post("/send_async", json=MESSAGE, headers={"X-API-Key": OTHER_KEY}).status_code
         == 202
     )
-    clock.now += 2.0
+    clock.advance(2.0)
     assert client.post("/send_async", json=MESSAGE, headers=AUTH).status_code == 202
     assert client.post("/send_async", json=MESSAGE, headers=AUTH).status_code == 429
 
@@ -578,7 +566,7 @@ def test_status_reads_are_not_rate_limited(
     make_client: MakeClient, make_settings: MakeSettings
 ) -> None:
     client = make_client(
-        make_settings(rate_limit_per_second=0.1, rate_limit_burst=1), clock=FakeClock()
+        make_settings(rate_limit_per_second=0.1, rate_limit_burst=1), clock=FakeClock(1000.0)
     )
     for _ in range(5):
         assert client.get("/messages/nope", headers=AUTH).status_code == 404

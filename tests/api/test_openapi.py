@@ -9,10 +9,9 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
+from tests.api.helpers import KEY, OTHER_KEY, MakeSettings
 
-from .conftest import KEY, OTHER_KEY, MakeSettings
-
-pytestmark = pytest.mark.contract
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture

@@ -13,10 +13,9 @@ from fastapi.testclient import TestClient
 from fakesmtp import FakeSMTPServer, FaultRule
 from service.app import create_app
 from service.config import Settings
+from tests.api.helpers import KEY, OTHER_KEY, MakeSettings, wait_status
 
-from .conftest import KEY, OTHER_KEY, MakeSettings, wait_status
-
-pytestmark = pytest.mark.contract
+pytestmark = pytest.mark.unit
 
 SMTP_PASSWORD = "smtp-pass-Qx81"
 BODY = "body-text-that-must-stay-private-5521"

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 from fakesmtp import FakeSMTPServer
+from tests.api.helpers import AUTH, MakeClient, MakeSettings, stored_rows, wait_status
 
-from .conftest import AUTH, MakeClient, MakeSettings, stored_rows, wait_status
-
-pytestmark = pytest.mark.contract
+pytestmark = pytest.mark.unit
 
 UTF8_MESSAGE = {"to": ["josé@example.com"], "subject": "hola", "body": "¡hola!"}
 ASCII_MESSAGE = {"to": ["jose@example.com"], "subject": "hola", "body": "hola"}

@@ -6,14 +6,14 @@ import collections
 import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from fakesmtp import FakeSMTPServer, FaultRule
-
-from .conftest import ServiceProcess
+from tests.e2e.helpers import ServiceProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -66,23 +66,44 @@ def wait_delivered(smtp: FakeSMTPServer, message_ids: set[str], timeout: float =
         time.sleep(0.1)
 
 
+@contextlib.contextmanager
+def stuck_service(
+    tmp_path: Path, service_factory: type[ServiceProcess]
+) -> Iterator[tuple[FakeSMTPServer, ServiceProcess, dict[str, str]]]:
+    """A service that answered 202 to ACCEPTED messages, every delivery thread stuck on
+    MAIL at a relay that holds it for 300 s; yields (relay, service, accepted)."""
+    blocked = FaultRule(stage="mail", action="delay", delay=300)
+    with FakeSMTPServer(faults=[blocked]) as smtp:
+        service = service_factory(service_env(tmp_path, smtp.port))
+        service.start()
+        accepted = accept_messages(service)
+        wait_connections(smtp, CONCURRENCY)  # every delivery thread is stuck on MAIL
+        yield smtp, service, accepted
+
+
+def restart_and_deliver(
+    tmp_path: Path,
+    service_factory: type[ServiceProcess],
+    smtp: FakeSMTPServer,
+    accepted: dict[str, str],
+) -> ServiceProcess:
+    """Unblock the relay, start a new service on the same file, wait for every 202."""
+    smtp.clear_faults()
+    service = service_factory(service_env(tmp_path, smtp.port))
+    service.start()
+    wait_delivered(smtp, set(accepted.values()))
+    return service
+
+
 def test_sigkill_with_relay_blocked_loses_nothing(
     tmp_path: Path, service_factory: type[ServiceProcess]
 ) -> None:
     """SIGKILL mid-delivery, restart on the same file: every 202 arrives, none twice."""
-    blocked = FaultRule(stage="mail", action="delay", delay=300)
-    with FakeSMTPServer(faults=[blocked]) as smtp:
-        first = service_factory(service_env(tmp_path, smtp.port))
-        first.start()
-        accepted = accept_messages(first)
-        wait_connections(smtp, CONCURRENCY)  # every delivery thread is stuck on MAIL
+    with stuck_service(tmp_path, service_factory) as (smtp, first, accepted):
         first.kill()
         assert smtp.messages() == []
 
-        smtp.clear_faults()
-        second = service_factory(service_env(tmp_path, smtp.port))
-        second.start()
-        wait_delivered(smtp, set(accepted.values()))
+        second = restart_and_deliver(tmp_path, service_factory, smtp, accepted)
 
         copies = collections.Counter(m.message_id for m in smtp.messages())
         duplicates = sum(count - 1 for count in copies.values())
@@ -97,20 +118,12 @@ def test_sigterm_exits_within_grace_and_the_rest_is_delivered_after_restart(
     tmp_path: Path, service_factory: type[ServiceProcess]
 ) -> None:
     """SIGTERM: exit 0 within the grace period, nothing lost, nothing doubled after restart."""
-    blocked = FaultRule(stage="mail", action="delay", delay=300)
-    with FakeSMTPServer(faults=[blocked]) as smtp:
-        first = service_factory(service_env(tmp_path, smtp.port))
-        first.start()
-        accepted = accept_messages(first)
-        wait_connections(smtp, CONCURRENCY)
+    with stuck_service(tmp_path, service_factory) as (smtp, first, accepted):
         code, took = first.terminate(timeout=30)
         assert code == 0
         assert took < 2 + 3, f"took {took:.1f}s with a 2s grace period"
 
-        smtp.clear_faults()
-        second = service_factory(service_env(tmp_path, smtp.port))
-        second.start()
-        wait_delivered(smtp, set(accepted.values()))
+        restart_and_deliver(tmp_path, service_factory, smtp, accepted)
         copies = collections.Counter(m.message_id for m in smtp.messages())
         assert max(copies.values()) == 1
         assert len(copies) == ACCEPTED

@@ -13,8 +13,7 @@ import pytest
 
 from fakesmtp import FakeSMTPServer
 from fakesmtp.certs import make_self_signed
-
-from .conftest import ServiceProcess
+from tests.e2e.helpers import ServiceProcess
 
 pytestmark = pytest.mark.e2e
 

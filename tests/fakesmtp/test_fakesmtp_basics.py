@@ -12,7 +12,7 @@ from fakesmtp import FakeSMTPServer, replies
 from fakesmtp.pytest_plugin import FakeSMTPFactory
 from tests.fakesmtp.helpers import make_message
 
-pytestmark = pytest.mark.fakesmtp
+pytestmark = pytest.mark.unit
 
 
 def test_fixture_server_captures_envelope_headers_and_parts(fakesmtp: FakeSMTPServer) -> None:

@@ -13,7 +13,7 @@ from fakesmtp.policies import Greylist, TokenBucket
 from fakesmtp.pytest_plugin import FakeSMTPFactory
 from tests.fakesmtp.helpers import make_message
 
-pytestmark = pytest.mark.fakesmtp
+pytestmark = pytest.mark.unit
 
 
 class FakeClock:

@@ -17,7 +17,7 @@ from fakesmtp import RateLimit, ServerOptions
 from fakesmtp.cli import build_parser, server_options
 from tests.fakesmtp.helpers import make_message
 
-pytestmark = pytest.mark.fakesmtp
+pytestmark = pytest.mark.e2e
 
 READY = re.compile(
     r"^fakesmtp SMTP on (?P<host>[\d.]+):(?P<port>\d+) (?:HTTP on (?P<http>http://\S+)|HTTP off)$"

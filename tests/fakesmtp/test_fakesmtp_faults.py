@@ -13,7 +13,7 @@ from fakesmtp import FakeSMTPServer, FaultRule, FaultSpecError, replies
 from fakesmtp.faults import STAGES
 from tests.fakesmtp.helpers import make_message
 
-pytestmark = pytest.mark.fakesmtp
+pytestmark = pytest.mark.unit
 
 # What each stage answers when nothing goes wrong.
 NORMAL_CODE = {

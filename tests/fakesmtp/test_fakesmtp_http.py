@@ -12,7 +12,7 @@ from fakesmtp import FakeSMTPServer
 from fakesmtp.pytest_plugin import FakeSMTPFactory
 from tests.fakesmtp.helpers import make_message
 
-pytestmark = pytest.mark.fakesmtp
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture

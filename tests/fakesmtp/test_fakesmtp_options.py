@@ -9,7 +9,7 @@ import pytest
 
 from fakesmtp import FakeSMTPServer, FaultRule, RateLimit, ServerOptions
 
-pytestmark = pytest.mark.fakesmtp
+pytestmark = pytest.mark.unit
 
 RULE = FaultRule(stage="rcpt", code=451, times=1)
 

@@ -11,7 +11,7 @@ from fakesmtp import FakeSMTPServer, replies
 from fakesmtp.capture import CapturedMessage
 from tests.fakesmtp.helpers import RawClient, make_message
 
-pytestmark = pytest.mark.fakesmtp
+pytestmark = pytest.mark.unit
 
 
 def assert_still_serving(server: FakeSMTPServer, subject: str = "after") -> None:

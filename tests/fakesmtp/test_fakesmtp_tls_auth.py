@@ -14,7 +14,7 @@ from fakesmtp.certs import make_self_signed
 from fakesmtp.pytest_plugin import FakeSMTPFactory
 from tests.fakesmtp.helpers import client_tls_context, make_message
 
-pytestmark = pytest.mark.fakesmtp
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")

@@ -1,31 +1,24 @@
-"""Fixtures for the mailer tests: fakesmtp, settings pointing at it, tiny raw-socket servers."""
+"""Fixtures for the mailer tests: fakesmtp, a throwaway certificate, tiny raw-socket servers."""
 
 from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
-from fakesmtp import FakeSMTPServer
+from fakesmtp.certs import make_self_signed
 from fakesmtp.pytest_plugin import fakesmtp, fakesmtp_factory
-from service.config import Settings
+from tests.mailer.helpers import Handler, RawServer
 
 __all__ = ["fakesmtp", "fakesmtp_factory"]
 
-MakeSettings = Callable[..., Settings]
-Handler = Callable[[socket.socket, threading.Event], None]
-RawServer = Callable[[Handler], int]
 
-
-def settings_for(server: FakeSMTPServer | None = None, **overrides: Any) -> Settings:
-    options: dict[str, Any] = {"api_key": ["k"], "smtp_host": "127.0.0.1", "smtp_timeout": 5.0}
-    if server is not None:
-        options["smtp_port"] = server.port
-    options.update(overrides)
-    return Settings(**options)
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate and key for 127.0.0.1/localhost, one per module."""
+    return make_self_signed(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture
@@ -73,30 +66,3 @@ def raw_server() -> Iterator[RawServer]:
         listener.close()
     if errors:
         raise errors[0]
-
-
-def scripted_smtp(replies: dict[str, bytes], *, ehlo: bytes = b"250 raw\r\n") -> Handler:
-    """A minimal line-by-line SMTP server answering each verb from `replies` (default
-    `250 OK`): enough to script what fakesmtp cannot do, such as refusing RSET."""
-
-    def handler(conn: socket.socket, stop: threading.Event) -> None:
-        reader = conn.makefile("rb")
-        conn.sendall(b"220 raw ESMTP\r\n")
-        while not stop.is_set():
-            line = reader.readline()
-            if not line:
-                return
-            verb = line.split(b" ", 1)[0].strip().upper().decode()
-            if verb == "EHLO":
-                conn.sendall(ehlo)
-            elif verb == "DATA" and "DATA" not in replies:
-                conn.sendall(b"354 go on\r\n")
-                while reader.readline() not in (b".\r\n", b""):
-                    pass
-                conn.sendall(replies.get("DOT", b"250 OK queued\r\n"))
-            else:
-                conn.sendall(replies.get(verb, b"250 OK\r\n"))
-                if verb == "QUIT":
-                    return
-
-    return handler

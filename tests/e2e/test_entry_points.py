@@ -1,13 +1,11 @@
-"""`python -m service` (serve, migrate), its logging, and `python -m service.devserver`,
-as real processes."""
+"""`python -m service` (serve, migrate) and `python -m service.devserver`, as real
+processes."""
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -18,25 +16,14 @@ import httpx
 import pytest
 
 from fakesmtp import FakeSMTPServer
-from service.main import MessageIdFormatter
+from service import migrations
+from tests.e2e.helpers import free_port, python_m, wait_for_health
+from tests.migrations.helpers import assert_migrated_to_head
 
 pytestmark = pytest.mark.e2e
 
 KEY = "entry-point-key-0123"
-
-
-def python_m(module: str, *args: str) -> list[str]:
-    """`python -m module`, measured by coverage when the test session is (nox -s tests)."""
-    if os.environ.get("COVERAGE_PROCESS_START"):
-        return [sys.executable, "-m", "coverage", "run", "-m", module, *args]
-    return [sys.executable, "-m", module, *args]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def service_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -47,28 +34,6 @@ def service_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         "LOG_LEVEL": "INFO",
         **extra,
     }
-
-
-def wait_for_health(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"exited early with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError("no /health answer")
-
-
-def test_formatter_appends_the_message_id_when_present() -> None:
-    formatter = MessageIdFormatter("%(levelname)s %(message)s")
-    record = logging.LogRecord("x", logging.INFO, __file__, 1, "sent %s", ("a",), None)
-    assert formatter.format(record) == "INFO sent a"
-    record.message_id = "<m1@host>"
-    assert formatter.format(record) == "INFO sent a message_id=<m1@host>"
 
 
 def test_missing_api_key_stops_start_up_with_one_line(tmp_path: Path) -> None:
@@ -177,3 +142,19 @@ def test_devserver_prints_a_working_curl_and_stops_on_ctrl_c(tmp_path: Path) -> 
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_mail_service_migrate_command(database_url: str) -> None:
+    """`python -m service migrate` brings the database to head and exits 0."""
+    env = {**os.environ, "API_KEY": "k", "DATABASE_URL": database_url}
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "migrate"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"revision {migrations.head_revision()}" in done.stderr
+    assert_migrated_to_head(database_url)

@@ -1,5 +1,5 @@
-"""SMTPConnection, ConnectionPool and send_with_retries against fakesmtp fault rules,
-TLS, AUTH, and tiny hostile servers on raw sockets."""
+"""SMTPConnection (with send_with_retries where retries matter) against fakesmtp fault
+rules, TLS, AUTH, and tiny hostile servers on raw sockets."""
 
 from __future__ import annotations
 
@@ -17,36 +17,19 @@ import pytest
 from aiosmtpd.smtp import TLSSetupException
 
 from fakesmtp import FakeSMTPServer, FaultRule
-from fakesmtp.certs import make_self_signed
 from service.mailer import (
-    ConnectionPool,
     DeliveryError,
     PermanentDeliveryError,
     RejectedRecipient,
     RenderedMessage,
     SMTPConnection,
     TemporaryDeliveryError,
-    connection_factory,
-    render_message,
 )
 from service.mailer import smtp as mailer_smtp
-from service.models import SendRequest
 from service.retry import RetryPolicy, send_with_retries
+from tests.mailer.helpers import FakeFactory, RawServer, message, scripted_smtp, settings_for
 
-from .conftest import RawServer, scripted_smtp, settings_for
-
-pytestmark = pytest.mark.retry
-
-FakeFactory = Any  # fakesmtp.pytest_plugin.FakeSMTPFactory
-
-
-def message(
-    to: list[str] | None = None, *, subject: str = "Hello", **fields: Any
-) -> RenderedMessage:
-    request = SendRequest.model_validate(
-        {"to": to or ["rcpt@example.com"], "subject": subject, "body": "Body\n", **fields}
-    )
-    return render_message(request, default_from="sender@example.com")
+pytestmark = pytest.mark.unit
 
 
 def retry(send: Any, msg: RenderedMessage, attempts: list[DeliveryError | None]) -> Any:
@@ -64,11 +47,6 @@ def conn(fakesmtp: FakeSMTPServer) -> Any:
     connection = SMTPConnection(settings_for(fakesmtp))
     yield connection
     connection.close()
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    return make_self_signed(tmp_path_factory.mktemp("certs"))
 
 
 # ------------------------------------------------------------------- delivery
@@ -450,81 +428,6 @@ def test_421_at_mail_on_a_fresh_connection_is_temporary(
     with pytest.raises(TemporaryDeliveryError, match="421"):
         conn.send(message())
     assert not conn.is_open
-
-
-# ------------------------------------------------------------------- the pool
-
-
-def test_pool_reuses_connections_sequentially(fakesmtp: FakeSMTPServer) -> None:
-    pool = ConnectionPool(connection_factory(settings_for(fakesmtp)))
-    for _ in range(5):
-        pool.send(message())
-    pool.close()
-    assert fakesmtp.stats()["connections"] == 1
-    assert len(fakesmtp.wait_for(5)) == 5
-
-
-def test_pool_serves_threads_concurrently(fakesmtp: FakeSMTPServer) -> None:
-    pool = ConnectionPool(connection_factory(settings_for(fakesmtp)), max_idle=2)
-    errors: list[BaseException] = []
-
-    def worker() -> None:
-        try:
-            for _ in range(5):
-                pool.send(message())
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    pool.close()
-    assert errors == []
-    assert len(fakesmtp.wait_for(20)) == 20
-    assert fakesmtp.stats()["connections"] <= 4 + 4  # at most one per thread, plus re-opens
-
-
-def test_pool_keeps_a_session_after_a_refusal_and_drops_a_broken_one(
-    fakesmtp: FakeSMTPServer,
-) -> None:
-    pool = ConnectionPool(connection_factory(settings_for(fakesmtp)))
-    fakesmtp.add_fault(FaultRule(stage="rcpt", code=550, times=1))
-    with pytest.raises(PermanentDeliveryError):
-        pool.send(message())
-    pool.send(message())
-    assert fakesmtp.stats()["connections"] == 1
-    fakesmtp.add_fault(FaultRule(stage="message", action="disconnect", times=1))
-    with pytest.raises(TemporaryDeliveryError):
-        pool.send(message())
-    pool.send(message())
-    pool.close()
-    assert fakesmtp.stats()["connections"] == 2
-
-
-def test_pool_with_tls_shares_one_context(
-    fakesmtp_factory: FakeFactory, certs: tuple[str, str]
-) -> None:
-    cert, key = certs
-    server = fakesmtp_factory(tls_cert=cert, tls_key=key)
-    pool = ConnectionPool(
-        connection_factory(settings_for(server, smtp_security="starttls", smtp_ca_file=cert))
-    )
-    pool.send(message())
-    pool.close()
-    assert server.wait_for(1)[0].tls
-
-
-def test_pool_close_closes_connections_returned_later(fakesmtp: FakeSMTPServer) -> None:
-    pool = ConnectionPool(connection_factory(settings_for(fakesmtp)))
-    pool.close()
-    pool.send(message())  # a send racing close still works, its session is not kept
-    assert len(fakesmtp.wait_for(1)) == 1
-    deadline = time.monotonic() + 5
-    while fakesmtp.stats()["active_connections"] and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert fakesmtp.stats()["active_connections"] == 0
 
 
 # ------------------------------------------------------------ hostile servers

@@ -1,4 +1,5 @@
-"""MAX_MESSAGE_BYTES on the request body as it streams, against a real uvicorn socket.
+"""BodySizeLimit: MAX_MESSAGE_BYTES on the request body as it streams, against a real
+uvicorn socket, and the middleware on its own.
 
 A client that announces or sends far more than the limit gets 413 quickly; the server
 reads no more than the limit (plus socket buffers), so memory stays flat.
@@ -8,21 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import resource
 import select
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
 
 from service.app import BodySizeLimit, create_app
+from tests.api.helpers import KEY, LiveServer, MakeSettings, stored_rows
 
-from .conftest import KEY, LiveServer, MakeSettings, stored_rows
-
-pytestmark = pytest.mark.contract
+pytestmark = pytest.mark.unit
 
 LIMIT = 1024 * 1024
 GIGABYTE = 1024**3
@@ -115,3 +117,50 @@ def test_middleware_passes_other_scopes_through() -> None:
     middleware = BodySizeLimit(app, limit=1)  # type: ignore[arg-type]
     asyncio.run(middleware({"type": "lifespan"}, None, None))  # type: ignore[arg-type]
     assert seen == ["lifespan"]
+
+
+# -- the middleware on its own ------------------------------------------------------
+
+
+def run_asgi(app: Any, headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> list[Any]:
+    """Drive an ASGI app with a request body in chunks; return what it sent."""
+    sent: list[Any] = []
+    pending = [
+        {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1}
+        for i, chunk in enumerate(chunks)
+    ]
+
+    async def receive() -> Any:
+        return pending.pop(0)
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": headers}
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+async def reading_app(scope: Any, receive: Any, send: Any) -> None:
+    """Reads the whole body by itself (not through FastAPI), then answers 200."""
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_middleware_answers_413_itself_when_the_app_reads_past_the_limit() -> None:
+    sent = run_asgi(BodySizeLimit(reading_app, limit=10), [], [b"x" * 6, b"x" * 6])
+    assert sent[0]["status"] == 413
+    assert json.loads(sent[1]["body"]) == {"detail": "request body over 10 bytes"}
+
+
+def test_middleware_lets_a_body_at_the_limit_through() -> None:
+    sent = run_asgi(BodySizeLimit(reading_app, limit=12), [], [b"x" * 6, b"x" * 6])
+    assert sent[0]["status"] == 200
+
+
+def test_middleware_leaves_a_malformed_content_length_to_the_server() -> None:
+    headers = [(b"content-length", b"nope")]
+    sent = run_asgi(BodySizeLimit(reading_app, limit=12), headers, [b"x"])
+    assert sent[0]["status"] == 200

@@ -4,10 +4,7 @@ an earlier version (create_all, no alembic_version) both end up current."""
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
-import subprocess
-import sys
 import threading
 import tomllib
 from collections.abc import Iterator
@@ -16,14 +13,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 
 from service import migrations
 from service.config import Settings
 from service.db import DatabaseUnavailable, Outbox, make_engine, messages_table, metadata
+from tests.migrations.helpers import assert_migrated_to_head, differences
 
-pytestmark = pytest.mark.postgres
+pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,19 +32,13 @@ def port_nobody_listens_on() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-def differences(engine: sa.Engine) -> list[object]:
-    with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
-        return list(compare_metadata(context, metadata))
-
-
 def table_names(engine: sa.Engine) -> set[str]:
     return set(sa.inspect(engine).get_table_names())
 
 
 @pytest.fixture
-def engine(any_url: str) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(any_url)
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(database_url)
     yield engine
     engine.dispose()
 
@@ -111,9 +101,9 @@ def test_downgrade_to_base_and_up_again(engine: sa.Engine) -> None:
     assert differences(engine) == []
 
 
-def test_instances_starting_together_migrate_once(any_url: str) -> None:
+def test_instances_starting_together_migrate_once(database_url: str) -> None:
     """Four processes' worth of engines migrating one fresh database at the same moment."""
-    engines = [sa.create_engine(any_url) for _ in range(4)]
+    engines = [sa.create_engine(database_url) for _ in range(4)]
     barrier = threading.Barrier(len(engines))
     results: list[str] = []
     errors: list[BaseException] = []
@@ -141,8 +131,8 @@ def test_instances_starting_together_migrate_once(any_url: str) -> None:
             engine.dispose()
 
 
-def test_outbox_create_schema_runs_the_migrations(any_url: str) -> None:
-    engine = make_engine(Settings(api_key=["k"], database_url=any_url))  # type: ignore[list-item]
+def test_outbox_create_schema_runs_the_migrations(database_url: str) -> None:
+    engine = make_engine(Settings(api_key=["k"], database_url=database_url))  # type: ignore[list-item]
     try:
         Outbox(engine).create_schema()
         assert migrations.current_revision(engine) == migrations.head_revision()
@@ -159,27 +149,6 @@ def test_create_schema_on_an_unreachable_server_is_database_unavailable() -> Non
                 Outbox(engine).create_schema()
         finally:
             engine.dispose()
-
-
-def test_mail_service_migrate_command(any_url: str) -> None:
-    """`python -m service migrate` brings the database to head and exits 0."""
-    env = {**os.environ, "API_KEY": "k", "DATABASE_URL": any_url}
-    done = subprocess.run(
-        [sys.executable, "-m", "service", "migrate"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    assert f"revision {migrations.head_revision()}" in done.stderr
-    engine = sa.create_engine(any_url)
-    try:
-        assert migrations.current_revision(engine) == migrations.head_revision()
-        assert differences(engine) == []
-    finally:
-        engine.dispose()
 
 
 def test_package_data_ships_every_migration_file() -> None:
@@ -201,12 +170,7 @@ def test_package_data_ships_every_migration_file() -> None:
 def test_alembic_command_line_style_use_with_a_url(sqlite_url: str) -> None:
     """Without a connection, env.py opens one from the URL (how `alembic` itself runs)."""
     command.upgrade(migrations.alembic_config(url=sqlite_url), "head")
-    engine = sa.create_engine(sqlite_url)
-    try:
-        assert migrations.current_revision(engine) == migrations.head_revision()
-        assert differences(engine) == []
-    finally:
-        engine.dispose()
+    assert_migrated_to_head(sqlite_url)
 
 
 def test_offline_mode_prints_the_sql_for_a_dba(capsys: pytest.CaptureFixture[str]) -> None:

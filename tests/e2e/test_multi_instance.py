@@ -22,11 +22,10 @@ import pytest
 import sqlalchemy as sa
 
 from fakesmtp import FakeSMTPServer
-from tests.e2e.conftest import API_KEY, ServiceProcess
+from tests.db.helpers import restart_postgres, wait_for_postgres
+from tests.e2e.helpers import API_KEY, ServiceProcess
 
-from .conftest import restart_postgres, wait_for_postgres
-
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 MESSAGES = 3000
 CLIENT_THREADS = 12
@@ -67,6 +66,12 @@ def start_services(
     finally:
         for service in started:
             service.stop()
+
+
+@pytest.fixture
+def smtp(fakesmtp_factory: Callable[..., FakeSMTPServer]) -> FakeSMTPServer:
+    """One fakesmtp for a whole run's messages (it keeps 50,000, not its default)."""
+    return fakesmtp_factory(max_messages=50_000)
 
 
 class Traffic:
@@ -179,12 +184,11 @@ def statuses(url: str) -> dict[str, int]:
 
 
 def test_three_instances_deliver_3000_messages_each_exactly_once(
-    fakesmtp_factory: Callable[..., FakeSMTPServer],
+    smtp: FakeSMTPServer,
     start_services: Callable[..., list[ServiceProcess]],
     pg_database_url: str,
     make_traffic: Callable[[Sequence[ServiceProcess]], Traffic],
 ) -> None:
-    smtp = fakesmtp_factory(max_messages=50_000)
     services = start_services(smtp, 3)
     traffic = make_traffic(services)
     started = time.monotonic()
@@ -204,12 +208,11 @@ def test_three_instances_deliver_3000_messages_each_exactly_once(
 
 
 def test_instance_killed_mid_run_loses_nothing_and_duplicates_only_its_in_flight(
-    fakesmtp_factory: Callable[..., FakeSMTPServer],
+    smtp: FakeSMTPServer,
     start_services: Callable[..., list[ServiceProcess]],
     pg_database_url: str,
     make_traffic: Callable[[Sequence[ServiceProcess]], Traffic],
 ) -> None:
-    smtp = fakesmtp_factory(max_messages=50_000)
     services = start_services(smtp, 3, LEASE_SECONDS="3")
     victim = services[0]
     assert victim.proc is not None
@@ -259,14 +262,13 @@ def test_instance_killed_mid_run_loses_nothing_and_duplicates_only_its_in_flight
 
 
 def test_postgres_restart_mid_run_loses_nothing(
-    fakesmtp_factory: Callable[..., FakeSMTPServer],
+    smtp: FakeSMTPServer,
     start_services: Callable[..., list[ServiceProcess]],
     pg_database_url: str,
     make_traffic: Callable[[Sequence[ServiceProcess]], Traffic],
 ) -> None:
     """During the outage /send_async answers 503, never 202 for an unstored message;
     delivery resumes by itself; every 202 is delivered."""
-    smtp = fakesmtp_factory(max_messages=50_000)
     (service,) = start_services(smtp, 1)
     traffic = make_traffic([service])
     stop = threading.Event()

@@ -16,8 +16,7 @@ from service.db import (
     messages_table,
 )
 from service.group_commit import Committer, LoopCommitter, ThreadCommitter, make_committer
-
-from .conftest import new_message
+from tests.db.helpers import new_message
 
 pytestmark = pytest.mark.unit
 

@@ -1,8 +1,8 @@
-"""render_message's fast path: the same message as the compat32 path, built directly.
+"""service.mailer.encode: the fast path, the same message as the compat32 path, built directly.
 
-The fast path (`_render_fast`) writes the headers byte for byte as compat32 folds them
+The fast path (`render_fast`) writes the headers byte for byte as compat32 folds them
 and encodes the bodies with binascii; these tests hold it to the compat32 path's
-output (`_render_compat32`) for generated headers and bodies, and check which requests
+output (`render_compat32`) for generated headers and bodies, and check which requests
 take it.
 """
 

@@ -9,8 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 from service.db import DatabaseUnavailable, Outbox, messages_table
-
-from .conftest import FakeClock, OutboxFactory, new_message
+from tests.db.helpers import OutboxFactory, new_message
+from tests.helpers import FakeClock
 
 pytestmark = pytest.mark.unit
 

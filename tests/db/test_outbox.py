@@ -6,7 +6,6 @@ import json
 import random
 import threading
 from collections import Counter
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -19,56 +18,15 @@ from service.db import (
     IdempotencyKeyTaken,
     Outbox,
     Outcome,
-    make_engine,
 )
-from service.db import engine as db_engine
 from service.mailer import PermanentDeliveryError, RejectedRecipient, TemporaryDeliveryError
-
-from .conftest import FakeClock, OutboxFactory, make_settings, new_message
+from tests.db.helpers import new_message
+from tests.helpers import FakeClock
 
 pytestmark = pytest.mark.unit
 
 
-# -- schema and engine -----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("synchronous", ["NORMAL", "FULL"])
-def test_sqlite_engine_uses_wal_busy_timeout_foreign_keys_and_the_synchronous_setting(
-    sqlite_url: str, synchronous: str
-) -> None:
-    engine = make_engine(make_settings(sqlite_url, sqlite_synchronous=synchronous))
-    try:
-        with engine.connect() as conn:
-
-            def pragma(name: str) -> object:
-                return conn.exec_driver_sql(f"PRAGMA {name}").scalar()
-
-            assert pragma("journal_mode") == "wal"
-            assert pragma("synchronous") == {"NORMAL": 1, "FULL": 2}[synchronous]
-            assert pragma("busy_timeout") == db.SQLITE_BUSY_TIMEOUT_MS
-            assert pragma("foreign_keys") == 1
-    finally:
-        engine.dispose()
-
-
-def test_sqlite_pool_is_sized_to_the_worker_concurrency(sqlite_url: str) -> None:
-    engine = make_engine(make_settings(sqlite_url, worker_concurrency=7))
-    try:
-        assert engine.pool.size() == 7 + 4  # type: ignore[attr-defined]
-    finally:
-        engine.dispose()
-
-
-def test_in_memory_sqlite_is_one_database_for_every_thread(clock: FakeClock) -> None:
-    engine = make_engine(make_settings("sqlite://"))
-    outbox = Outbox(engine, clock=clock)
-    outbox.create_schema()
-    message = new_message()
-    thread = threading.Thread(target=outbox.insert, args=(message,))
-    thread.start()
-    thread.join()
-    assert outbox.get(message.id) is not None
-    engine.dispose()
+# -- schema ----------------------------------------------------------------------------
 
 
 def test_create_schema_makes_both_tables_and_the_queue_indexes_and_can_run_twice(
@@ -523,97 +481,3 @@ def test_purge_drops_bodies_of_old_sent_messages_only(outbox: Outbox, clock: Fak
     record = outbox.get(old_sent.id)
     assert record is not None
     assert record.status == "sent"  # the log row stays
-
-
-# -- the database failing --------------------------------------------------------------
-
-
-def test_insert_raises_database_unavailable_when_the_directory_is_removed(
-    tmp_path: Path, outbox_factory: OutboxFactory
-) -> None:
-    """Pooled connections would commit into an unlinked file: that must not be a 202."""
-    directory = tmp_path / "data"
-    directory.mkdir()
-    outbox = outbox_factory(f"sqlite:///{directory / 'outbox.db'}")
-    outbox.insert(new_message())  # a pooled connection now exists
-    for path in directory.iterdir():
-        path.unlink()
-    directory.rmdir()
-    with pytest.raises(DatabaseUnavailable, match="gone"):
-        outbox.insert(new_message())
-
-
-def test_insert_raises_database_unavailable_when_the_file_is_replaced(
-    tmp_path: Path, outbox_factory: OutboxFactory
-) -> None:
-    path = tmp_path / "outbox.db"
-    outbox = outbox_factory(f"sqlite:///{path}")
-    outbox.insert(new_message())
-    path.rename(tmp_path / "moved.db")
-    path.write_bytes(b"")
-    with pytest.raises(DatabaseUnavailable, match="replaced"):
-        outbox.insert(new_message())
-
-
-def test_a_new_outbox_in_a_removed_directory_is_unavailable(
-    tmp_path: Path, outbox_factory: OutboxFactory
-) -> None:
-    outbox = outbox_factory(f"sqlite:///{tmp_path / 'gone' / 'outbox.db'}", create=False)
-    with pytest.raises(DatabaseUnavailable):
-        outbox.create_schema()
-    with pytest.raises(DatabaseUnavailable):
-        outbox.get("x")
-
-
-def test_insert_into_a_read_only_database_is_unavailable(
-    tmp_path: Path, outbox_factory: OutboxFactory
-) -> None:
-    path = tmp_path / "outbox.db"
-    outbox_factory(f"sqlite:///{path}")  # creates the schema
-    # We run as root in CI, where chmod does not stop writes; opening the file
-    # read-only gives the same SQLite error a read-only file gives.
-    read_only = outbox_factory(f"sqlite:///file:{path}?mode=ro&uri=true", create=False)
-    with pytest.raises(DatabaseUnavailable, match="readonly"):
-        read_only.insert(new_message())
-
-
-def test_insert_when_the_disk_is_full_is_unavailable(
-    sqlite_url: str, outbox_factory: OutboxFactory
-) -> None:
-    outbox = outbox_factory(sqlite_url)
-    with outbox.engine.connect() as conn:
-        pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
-        # The connection goes back to the pool with the cap, as a full disk would.
-        conn.exec_driver_sql(f"PRAGMA max_page_count={pages}")
-    big = new_message()
-    big = db.NewMessage(
-        id=big.id,
-        mode="async",
-        rendered=type(big.rendered)(
-            message_id=big.rendered.message_id,
-            mail_from=big.rendered.mail_from,
-            rcpt_tos=big.rendered.rcpt_tos,
-            data=b"x" * 200_000,
-        ),
-        to=big.to,
-        subject=big.subject,
-    )
-    with pytest.raises(DatabaseUnavailable, match="full"):
-        outbox.insert(big)
-
-
-def test_insert_while_another_writer_holds_the_lock_past_busy_timeout_is_unavailable(
-    sqlite_url: str, outbox_factory: OutboxFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(db_engine, "SQLITE_BUSY_TIMEOUT_MS", 100)
-    outbox = outbox_factory(sqlite_url)
-    blocker = make_engine(make_settings(sqlite_url))
-    try:
-        with blocker.connect() as conn:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-            with pytest.raises(DatabaseUnavailable, match="locked"):
-                outbox.insert(new_message())
-            conn.exec_driver_sql("ROLLBACK")
-    finally:
-        blocker.dispose()
-    outbox.insert(new_message())  # and it recovers once the lock is gone

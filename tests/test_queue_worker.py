@@ -1,4 +1,4 @@
-"""MailQueueWorker against a real fakesmtp and a real SQLite file; only the clock is fake."""
+"""MailQueueWorker against a real fakesmtp and a real database; only the clock is fake."""
 
 from __future__ import annotations
 
@@ -16,18 +16,10 @@ from service.db import DatabaseUnavailable, NewMessage, Outbox
 from service.mailer import RenderedMessage, SendResult
 from service.metrics import Metrics
 from service.queue_worker import MailQueueWorker, QueueFull, Sender, ShuttingDown
+from tests.db.helpers import OutboxFactory, make_settings, new_message
+from tests.helpers import FakeClock, WrappingSender, wait_until
 
-from .conftest import FakeClock, OutboxFactory, make_settings, new_message
-
-pytestmark = pytest.mark.retry
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.01)
+pytestmark = pytest.mark.unit
 
 
 def status(outbox: Outbox, message_id: str) -> tuple[str, int]:
@@ -93,7 +85,7 @@ class Harness:
         outbox = outbox or self.outbox_factory(self.url)
 
         def real_sender() -> Sender:
-            return mailer.SMTPConnection(settings)  # type: ignore[return-value]
+            return mailer.SMTPConnection(settings)
 
         worker = MailQueueWorker(
             outbox,
@@ -411,21 +403,18 @@ def test_scheduler_resyncs_the_backlog_from_the_database(harness: Harness) -> No
 # -- robustness ------------------------------------------------------------------------------
 
 
-class FlakySender(Sender):
+class FlakySender(WrappingSender):
     """Raises an unexpected exception on its first send, then behaves."""
 
-    def __init__(self, inner: mailer.SMTPConnection) -> None:
-        self.inner = inner
+    def __init__(self, inner: Sender) -> None:
+        super().__init__(inner)
         self.calls = 0
 
     def send(self, message: RenderedMessage) -> SendResult:
         self.calls += 1
         if self.calls == 1:
             raise RuntimeError("a bug in the sender")
-        return self.inner.send(message)
-
-    def close(self) -> None:
-        self.inner.close()
+        return super().send(message)
 
 
 def test_an_unexpected_exception_is_a_temporary_failure_and_the_thread_lives_on(
@@ -462,7 +451,7 @@ def test_a_failing_sender_factory_does_not_kill_the_thread(harness: Harness) -> 
         calls += 1
         if calls == 1:
             raise OSError("no sender today")
-        return mailer.SMTPConnection(settings)  # type: ignore[return-value]
+        return mailer.SMTPConnection(settings)
 
     worker, outbox = harness.worker(worker_concurrency=1, sender_factory=factory)
     worker.start()
@@ -472,18 +461,16 @@ def test_a_failing_sender_factory_does_not_kill_the_thread(harness: Harness) -> 
     assert calls == 2
 
 
-class ClockSender(Sender):
+class ClockSender(WrappingSender):
     """Each send takes `seconds` of fake time (a very slow relay)."""
 
-    def __init__(self, inner: mailer.SMTPConnection, clock: FakeClock, seconds: float) -> None:
-        self.inner, self.clock, self.seconds = inner, clock, seconds
+    def __init__(self, inner: Sender, clock: FakeClock, seconds: float) -> None:
+        super().__init__(inner)
+        self.clock, self.seconds = clock, seconds
 
     def send(self, message: RenderedMessage) -> SendResult:
         self.clock.advance(self.seconds)
-        return self.inner.send(message)
-
-    def close(self) -> None:
-        self.inner.close()
+        return super().send(message)
 
 
 def test_a_batch_hands_back_what_it_cannot_send_within_half_its_lease(
@@ -636,19 +623,16 @@ def test_scheduler_purges_old_keys_and_bodies(harness: Harness, clock: FakeClock
 # -- the scheduler's due query ------------------------------------------------------------------
 
 
-class GatedSender(Sender):
+class GatedSender(WrappingSender):
     """Sends through a real connection once `gate` is set."""
 
-    def __init__(self, inner: mailer.SMTPConnection, gate: threading.Event) -> None:
-        self.inner = inner
+    def __init__(self, inner: Sender, gate: threading.Event) -> None:
+        super().__init__(inner)
         self.gate = gate
 
     def send(self, message: RenderedMessage) -> SendResult:
         self.gate.wait(10)
-        return self.inner.send(message)
-
-    def close(self) -> None:
-        self.inner.close()
+        return super().send(message)
 
 
 def count_due_queries(outbox: Outbox, monkeypatch: pytest.MonkeyPatch) -> list[int]:
