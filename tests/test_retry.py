@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.errors import PermanentDeliveryError, TemporaryDeliveryError
-from service.retry import RetryPolicy, send_with_retries
+from service.retry import Decision, RetryPolicy, send_with_retries
 from service.types import RenderedMessage, SendResult
 
 pytestmark = pytest.mark.unit
@@ -24,6 +24,21 @@ def backoff_delay(retry_number: int, base: float, cap: float, rng: random.Random
     return RetryPolicy(max_retries=0, backoff_base=base, backoff_max=cap, rng=rng).backoff(
         retry_number
     )
+
+
+def test_the_policy_decides_done_retry_or_fail() -> None:
+    """Sent is done; a temporary failure retries while retries are left, with the
+    backoff's delay; a permanent one, or retries used up, fails."""
+    policy = RetryPolicy(max_retries=2, backoff_base=1.0, backoff_max=60.0, rng=random.Random(5))
+    temporary = TemporaryDeliveryError("busy", code=451)
+    assert policy.decide(1, None) == Decision("done")
+    first, second = policy.decide(1, temporary), policy.decide(2, temporary)
+    assert (first.action, second.action) == ("retry", "retry")
+    assert 0.5 <= first.delay <= 1.0
+    assert 1.0 <= second.delay <= 2.0
+    assert policy.decide(3, temporary) == Decision("fail")
+    assert policy.decide(1, PermanentDeliveryError("no", code=550)) == Decision("fail")
+    assert [d.final for d in (first, Decision("done"), Decision("fail"))] == [False, True, True]
 
 
 @given(

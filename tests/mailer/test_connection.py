@@ -24,6 +24,7 @@ from service.mailer import (
     RenderedMessage,
     SMTPConnection,
     TemporaryDeliveryError,
+    connection_factory,
 )
 from service.mailer import smtp as mailer_smtp
 from service.retry import RetryPolicy, send_with_retries
@@ -304,6 +305,18 @@ def test_missing_ca_file_is_permanent(fakesmtp: FakeSMTPServer, tmp_path: Path) 
     connection = SMTPConnection(
         settings_for(fakesmtp, smtp_security="starttls", smtp_ca_file=tmp_path / "none.pem")
     )
+    with pytest.raises(PermanentDeliveryError, match="SMTP_CA_FILE"):
+        connection.send(message())
+
+
+def test_connection_factory_leaves_a_missing_ca_file_to_the_send(
+    fakesmtp: FakeSMTPServer, tmp_path: Path
+) -> None:
+    """The factory itself never raises: the message that needed TLS fails instead."""
+    connect = connection_factory(
+        settings_for(fakesmtp, smtp_security="starttls", smtp_ca_file=tmp_path / "none.pem")
+    )
+    connection = connect()
     with pytest.raises(PermanentDeliveryError, match="SMTP_CA_FILE"):
         connection.send(message())
 
