@@ -57,26 +57,28 @@ def tests(session: nox.Session) -> None:
     _pytest_with_coverage(session)
 
 
+def _pytest_marked(session: nox.Session, marker: str) -> None:
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", marker, *session.posargs)
+
+
 @nox.session(python=PYTHON)
 def unit(session: nox.Session) -> None:
     """In-process tests (servers on 127.0.0.1 in threads, no processes). Their PostgreSQL
     cases are marked `postgres` too: `nox -s unit -- -m "unit and not postgres"` skips them."""
-    session.install("-e", ".[test]")
-    session.run("pytest", "-m", "unit", *session.posargs)
+    _pytest_marked(session, "unit")
 
 
 @nox.session(python=PYTHON)
 def e2e(session: nox.Session) -> None:
     """Tests that start real processes (python -m service, python -m fakesmtp)."""
-    session.install("-e", ".[test]")
-    session.run("pytest", "-m", "e2e", *session.posargs)
+    _pytest_marked(session, "e2e")
 
 
 @nox.session(python=PYTHON)
 def postgres(session: nox.Session) -> None:
     """Tests that need the PostgreSQL server on 127.0.0.1:5432."""
-    session.install("-e", ".[test]")
-    session.run("pytest", "-m", "postgres", *session.posargs)
+    _pytest_marked(session, "postgres")
 
 
 @nox.session(python=PYTHON)
