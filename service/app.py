@@ -25,7 +25,7 @@ from service.api.middleware import BodySizeLimit, RequestMetrics
 from service.api.offload import SMTP_REQUEST_THREADS
 from service.api.ratelimit import RateLimiter
 from service.api.relay import RelayFeatures
-from service.api.routes import metrics_router, router
+from service.api.routes import add_routes
 from service.api.services import Services
 from service.config import Settings
 from service.group_commit import make_committer
@@ -111,9 +111,7 @@ def create_app(
         # Outermost, so that 413s from the body limit are timed and counted too.
         app.add_middleware(RequestMetrics, metrics=metrics)
     install_error_handlers(app, settings, has_valid_key)
-    app.include_router(router)
-    if settings.metrics_enabled:
-        app.include_router(metrics_router)
+    add_routes(app, metrics=settings.metrics_enabled)
     return app
 
 

@@ -6,7 +6,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import FastAPI, HTTPException
 from fastapi.responses import Response
 
 from service.api import accept, idempotency
@@ -20,12 +20,9 @@ from service.metrics import CONTENT_TYPE_LATEST
 from service.models import ErrorResponse, HealthResponse, MessageStatus, SendRequest, SendResponse
 from service.types import Mode, NewMessage, RenderedMessage
 
-__all__ = ["metrics_router", "router"]
+__all__ = ["add_routes"]
 
 logger = logging.getLogger(__name__)
-
-router = APIRouter()
-metrics_router = APIRouter()
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key"},
@@ -42,19 +39,11 @@ SEND_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/health", response_model=HealthResponse, tags=["service"])
 async def health() -> HealthResponse:
     """Liveness: the process answers HTTP."""
     return HealthResponse(status="ok")
 
 
-@router.post(
-    "/send_async",
-    status_code=202,
-    response_model=SendResponse,
-    responses=SEND_RESPONSES,
-    tags=["mail"],
-)
 async def send_async(
     payload: SendRequest, context: SendContextDep, idempotency_key: IdempotencyKeyDep = None
 ) -> Response:
@@ -90,16 +79,6 @@ async def send_async(
     return Response(content=answer, status_code=202, media_type="application/json")
 
 
-@router.post(
-    "/send",
-    response_model=SendResponse,
-    responses={
-        **SEND_RESPONSES,
-        500: {"model": SendResponse, "description": "The relay refused or failed"},
-        503: {"model": ErrorResponse, "description": "Database unavailable"},
-    },
-    tags=["mail"],
-)
 async def send(
     payload: SendRequest, context: SendContextDep, idempotency_key: IdempotencyKeyDep = None
 ) -> Response:
@@ -121,16 +100,6 @@ async def send(
     return Response(content=answer, status_code=code, media_type="application/json")
 
 
-@router.get(
-    "/messages/{message_id}",
-    response_model=MessageStatus,
-    responses={
-        **ERROR_RESPONSES,
-        404: {"model": ErrorResponse, "description": "No message with this id"},
-        503: {"model": ErrorResponse, "description": "Database unavailable"},
-    },
-    tags=["mail"],
-)
 async def get_message(message_id: str, client: ClientDep, services: ServicesDep) -> MessageStatus:
     """A message's record: status, attempts, last error, times. Never its body."""
     outbox = services.outbox
@@ -152,17 +121,61 @@ async def get_message(message_id: str, client: ClientDep, services: ServicesDep)
     )
 
 
-@metrics_router.get(
-    "/metrics",
-    tags=["service"],
-    response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
-)
 async def metrics_endpoint(services: ServicesDep) -> Response:
     """Prometheus text format (see service/metrics.py for the series)."""
     # Rendering reads the oldest queued message's age from the database.
     text = await database_call(services.outbox, services.metrics.render)
     return Response(content=text, media_type=CONTENT_TYPE_LATEST)
+
+
+def add_routes(app: FastAPI, *, metrics: bool) -> None:
+    """Register the endpoints on the app itself. Not through an APIRouter: FastAPI
+    keeps an included router as one more routing layer that every request walks."""
+    app.add_api_route(
+        "/health", health, methods=["GET"], response_model=HealthResponse, tags=["service"]
+    )
+    app.add_api_route(
+        "/send_async",
+        send_async,
+        methods=["POST"],
+        status_code=202,
+        response_model=SendResponse,
+        responses=SEND_RESPONSES,
+        tags=["mail"],
+    )
+    app.add_api_route(
+        "/send",
+        send,
+        methods=["POST"],
+        response_model=SendResponse,
+        responses={
+            **SEND_RESPONSES,
+            500: {"model": SendResponse, "description": "The relay refused or failed"},
+            503: {"model": ErrorResponse, "description": "Database unavailable"},
+        },
+        tags=["mail"],
+    )
+    app.add_api_route(
+        "/messages/{message_id}",
+        get_message,
+        methods=["GET"],
+        response_model=MessageStatus,
+        responses={
+            **ERROR_RESPONSES,
+            404: {"model": ErrorResponse, "description": "No message with this id"},
+            503: {"model": ErrorResponse, "description": "Database unavailable"},
+        },
+        tags=["mail"],
+    )
+    if metrics:
+        app.add_api_route(
+            "/metrics",
+            metrics_endpoint,
+            methods=["GET"],
+            tags=["service"],
+            response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+        )
 
 
 # -- the steps ----------------------------------------------------------------------
