@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -27,7 +28,33 @@ from service.errors import DatabaseUnavailable
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
-__all__ = ["Store"]
+__all__ = ["DatabaseErrors", "Store"]
+
+
+class DatabaseErrors:
+    """`with` it: driver errors inside become DatabaseUnavailable; integrity errors
+    pass (the callers that expect one catch it). A plain class rather than a
+    generator-based context manager, because the accept path enters it per batch."""
+
+    def __init__(self, dbapi: Any) -> None:
+        self._dbapi = dbapi
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None or isinstance(exc, IntegrityError | self._dbapi.IntegrityError):
+            return
+        if isinstance(exc, DBAPIError):
+            raise DatabaseUnavailable(f"database error: {exc.orig!r}") from exc
+        if isinstance(exc, self._dbapi.Error):
+            # After the pool invalidated its connections (a server restart), the
+            # reconnect's failure reaches us unwrapped.
+            raise DatabaseUnavailable(f"database error: {exc!r}") from exc
+        if isinstance(exc, sa.exc.TimeoutError):  # every pooled connection busy
+            raise DatabaseUnavailable(f"database busy: {exc}") from exc
 
 
 class Store:
@@ -68,38 +95,23 @@ class Store:
             self._attempt_insert, dialect, ATTEMPT_COLUMNS, column_keys=ATTEMPT_COLUMNS
         )
         self._dbapi: Any = dialect.loaded_dbapi
-
-    @contextmanager
-    def _unavailable_on_error(self) -> Iterator[None]:
-        """Driver errors inside become DatabaseUnavailable; integrity errors pass."""
-        try:
-            yield
-        except (IntegrityError, self._dbapi.IntegrityError):
-            raise
-        except DBAPIError as exc:
-            raise DatabaseUnavailable(f"database error: {exc.orig!r}") from exc
-        except self._dbapi.Error as exc:
-            # After the pool invalidated its connections (a server restart), the
-            # reconnect's failure reaches us unwrapped.
-            raise DatabaseUnavailable(f"database error: {exc!r}") from exc
-        except sa.exc.TimeoutError as exc:  # every pooled connection busy
-            raise DatabaseUnavailable(f"database busy: {exc}") from exc
+        self._unavailable_on_error = DatabaseErrors(self._dbapi)
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
         """One transaction through SQLAlchemy."""
-        with self._unavailable_on_error(), self.engine.begin() as conn:
+        with self._unavailable_on_error, self.engine.begin() as conn:
             yield conn
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self._unavailable_on_error(), self.engine.connect() as conn:
+        with self._unavailable_on_error, self.engine.connect() as conn:
             yield conn
 
     @contextmanager
     def _driver(self) -> Iterator[Any]:
         """A DBAPI cursor in one transaction on a pooled connection, committed at the end."""
-        with self._unavailable_on_error():
+        with self._unavailable_on_error:
             conn = self.engine.raw_connection()
             try:
                 cursor = conn.cursor()
@@ -153,7 +165,7 @@ class Store:
         # Imported here: alembic is only needed by whoever creates the schema.
         from service.migrations import migrate
 
-        with self._unavailable_on_error():
+        with self._unavailable_on_error:
             migrate(self.engine)
         if self._sqlite_path is not None:
             self._sqlite_inode = self._sqlite_path.stat().st_ino
