@@ -144,7 +144,13 @@ def run_baseline(logs: Path, snapshot: Path, count: int, threads: int, round_no:
 
 
 def run_service(
-    logs: Path, snapshot: Path, work: Path, count: int, round_no: int, profile: Path | None
+    logs: Path,
+    snapshot: Path,
+    work: Path,
+    count: int,
+    round_no: int,
+    profile: Path | None,
+    python: str = sys.executable,
 ) -> tuple[float, float]:
     db_path = work / f"drain-{round_no}.db"
     copy_db(snapshot, db_path)
@@ -154,6 +160,7 @@ def run_service(
         db_path,
         {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(sink.port), "QUEUE_MAXSIZE": str(count * 2)},
         name=f"service-drain-{round_no}",
+        python=python,
     )
     try:
         spawned = time.time()

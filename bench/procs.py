@@ -176,7 +176,10 @@ class FakeSMTP(LoggedProcess):
 
 
 class Service(LoggedProcess):
-    """`python -m service` on a free port, SQLite in `db_path`, a generated API key."""
+    """`python -m service` on a free port, SQLite in `db_path`, a generated API key.
+
+    `python` is the interpreter that runs it (this one by default); another
+    checkout's virtualenv runs that checkout's service (bench/revisions.py)."""
 
     def __init__(
         self,
@@ -186,8 +189,10 @@ class Service(LoggedProcess):
         *,
         api_key: str | None = None,
         name: str = "service",
+        python: str = sys.executable,
     ) -> None:
         super().__init__(name, log_dir)
+        self.python = python
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_key = api_key or secrets.token_urlsafe(24)
@@ -203,7 +208,7 @@ class Service(LoggedProcess):
         }
 
     def start(self, timeout: float = 30.0, *, wait: bool = True) -> Service:
-        self._spawn([sys.executable, "-m", "service"], self.env)
+        self._spawn([self.python, "-m", "service"], self.env)
         if wait:
             self.wait_healthy(timeout)
         return self
