@@ -8,7 +8,6 @@ anything is stored or sent.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 from fastapi import HTTPException
 
@@ -20,9 +19,6 @@ from service.config import Settings
 from service.models import SendRequest
 from service.syntax import canonical_address, parse_address
 from service.types import RenderedMessage
-
-if TYPE_CHECKING:
-    from service.api.services import Services
 
 __all__ = ["SenderPolicy", "check_request", "render"]
 
@@ -65,9 +61,8 @@ def check_request(payload: SendRequest, settings: Settings, policy: SenderPolicy
         )
 
 
-async def render(payload: SendRequest, services: Services, record_id: str) -> RenderedMessage:
-    """The message as it will go on the wire, once it is known that it can go."""
-    settings = services.settings
+def render(payload: SendRequest, settings: Settings, record_id: str) -> RenderedMessage:
+    """The message as it will go on the wire, held to MAX_MESSAGE_BYTES."""
     try:
         rendered = mailer.render_message(
             payload, default_from=settings.mail_from, record_id=record_id
@@ -80,16 +75,14 @@ async def render(payload: SendRequest, services: Services, record_id: str) -> Re
             detail=f"the built message is {len(rendered.data)} bytes, over "
             f"{settings.max_message_bytes} (MAX_MESSAGE_BYTES)",
         )
-    await check_relay_can_carry(rendered, services.relay_features, services.smtp_slots)
     return rendered
 
 
 async def check_relay_can_carry(
     rendered: RenderedMessage, relay: RelayFeatures, slots: asyncio.Semaphore
 ) -> None:
-    """422 for a message the relay is known unable to carry (nothing stored or sent)."""
-    if not rendered.smtputf8:
-        return
+    """422 for a message the relay is known unable to carry (nothing stored or sent).
+    Only a message that needs SMTPUTF8 asks (callers check `rendered.smtputf8`)."""
     if await run_in_daemon_thread(slots, relay.offers, "smtputf8") is False:
         raise validation_error(
             ("body",),

@@ -61,10 +61,8 @@ async def _find(outbox: Outbox, scope: str, settings: Settings) -> IdempotencyRe
     )
 
 
-async def raise_if_answered(outbox: Outbox, key: IdempotencyKey | None, settings: Settings) -> None:
+async def raise_if_answered(outbox: Outbox, key: IdempotencyKey, settings: Settings) -> None:
     """EarlierAnswer when this key was used before (or 409/422, see `_replay`)."""
-    if key is None:
-        return
     record = await _find(outbox, key.scope, settings)
     if record is not None:
         raise EarlierAnswer(_replay(record, key.request_hash))

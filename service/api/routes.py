@@ -189,8 +189,12 @@ async def _accept(
     services = context.services
     accept.check_request(payload, services.settings, services.sender_policy)
     scoped = idempotency.IdempotencyKey.of(context.client.fingerprint, key, payload, endpoint)
-    await idempotency.raise_if_answered(services.outbox, scoped, services.settings)
-    return scoped, await accept.render(payload, services, message_id)
+    if scoped is not None:
+        await idempotency.raise_if_answered(services.outbox, scoped, services.settings)
+    rendered = accept.render(payload, services.settings, message_id)
+    if rendered.smtputf8:
+        await accept.check_relay_can_carry(rendered, services.relay_features, services.smtp_slots)
+    return scoped, rendered
 
 
 def _reserve_slot(context: SendContext) -> None:
