@@ -399,8 +399,12 @@ class MailQueueWorker:
         for message_id in self._work.due_retries(self._clock()):
             # Refused only when the queue is full: then the count below misses it.
             self._work.offer(message_id)
+        # The stored count first: a message committed between the two reads is then
+        # counted as known too, instead of looking unaccounted for and sending this
+        # pass through the whole due query.
+        stored = self._backlog.stored
         waiting, known = self._work.known()
-        unaccounted = self._backlog.stored - known
+        unaccounted = stored - known
         started = time.monotonic()
         if (
             not force
