@@ -1,8 +1,9 @@
 """The app factory and its lifespan.
 
 `create_app(settings)` builds everything; nothing happens at import. The lifespan
-opens the database, starts the delivery worker, the group committer and the sync
-connection pool, holds them in one `Services` object for the endpoints
+takes the InstanceLock (unless main.py already holds it), opens the database,
+starts the delivery worker, the group committer and the sync connection pool,
+holds them in one `Services` object for the endpoints
 (service/api/deps.py reads it), and stops them on exit.
 """
 
@@ -29,6 +30,7 @@ from service.api.routes import add_routes
 from service.api.services import Services
 from service.config import Settings
 from service.group_commit import make_committer
+from service.instance import InstanceLock
 from service.metrics import Metrics
 from service.queue_worker import MailQueueWorker
 from service.retry import RetryPolicy
@@ -66,10 +68,13 @@ def create_app(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     grace: GracePeriod | None = None,
+    instance_lock: InstanceLock | None = None,
 ) -> FastAPI:
     """Build the app. `sender_factory` makes the senders of the worker and of the
     sync path's pool (SMTPConnections by default; a test double in tests);
-    `clock` drives the rate limiter; `sleep` is the sync path's backoff wait."""
+    `clock` drives the rate limiter; `sleep` is the sync path's backoff wait;
+    `instance_lock`, when the caller already holds it (main.py, to refuse a second
+    process with one line before uvicorn starts)."""
     connect = sender_factory or mailer.connection_factory(settings)
     grace = grace or GracePeriod(settings.shutdown_grace_seconds)
     metrics = Metrics()
@@ -78,9 +83,14 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own_lock = None
+        if instance_lock is None:
+            own_lock = InstanceLock.acquire(settings.database_url, settings.instance_name)
         engine = db.make_engine(settings)
         try:
-            outbox = db.Outbox(engine, lease_seconds=settings.lease_seconds)
+            outbox = db.Outbox(
+                engine, lease_seconds=settings.lease_seconds, instance=settings.instance_name
+            )
             if settings.migrate_on_start:
                 outbox.create_schema()
             services = _services(settings, metrics, policy, outbox, connect, clock, sleep)
@@ -99,6 +109,8 @@ def create_app(
                 await run_in_threadpool(services.sync_sender.close)
         finally:
             engine.dispose()
+            if own_lock is not None:
+                own_lock.release()
 
     app = FastAPI(
         title="mail-service",

@@ -6,6 +6,7 @@ Only `main.py` reads the environment (`load_settings()`); tests build
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
@@ -79,6 +80,10 @@ class Settings(BaseSettings):
     # Apply schema migrations at start-up (else run `mail-service migrate`).
     migrate_on_start: bool = True
     access_log: bool = False
+    # The name this process's claims are made under (see `instance_name`).
+    instance_id: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[!-~]+$")] | None = (
+        None
+    )
 
     @field_validator("api_key", mode="before")
     @classmethod
@@ -113,6 +118,13 @@ class Settings(BaseSettings):
     @property
     def api_keys(self) -> list[str]:
         return [key.get_secret_value() for key in self.api_key]
+
+    @property
+    def instance_name(self) -> str:
+        """INSTANCE_ID, or the host name and listening port: instances on one host
+        differ, and a restart in the same place keeps its name, so it takes back its
+        own claims at once instead of waiting for their lease."""
+        return self.instance_id or f"{socket.gethostname()}:{self.port}"
 
     @property
     def is_sqlite(self) -> bool:

@@ -7,7 +7,9 @@
      ├── DatabaseUnavailable          the database could not store or read (503 at the API)
      ├── IdempotencyKeyTaken          an insert lost the race for its Idempotency-Key
      ├── QueueFull                    QUEUE_MAXSIZE reached (503 with Retry-After)
-     └── ShuttingDown                 the service takes no new work (503)
+     ├── ShuttingDown                 the service takes no new work (503)
+     │    └── ClaimReleased           a claim was handed back before its final dot
+     └── InstanceLocked               another live process is this instance (start-up refused)
 
 The mailer classifies (`service.mailer.classify`); the retry policy
 (`service.retry`) decides what a DeliveryError means for the message.
@@ -16,9 +18,11 @@ The mailer classifies (`service.mailer.classify`); the retry policy
 from __future__ import annotations
 
 __all__ = [
+    "ClaimReleased",
     "DatabaseUnavailable",
     "DeliveryError",
     "IdempotencyKeyTaken",
+    "InstanceLocked",
     "PermanentDeliveryError",
     "QueueFull",
     "ShuttingDown",
@@ -76,3 +80,14 @@ class QueueFull(Exception):
 
 class ShuttingDown(Exception):
     """The worker is stopping and takes no new work; answer 503."""
+
+
+class ClaimReleased(ShuttingDown):
+    """The worker handed this message's claim back while it was being sent (the
+    grace period ended before its final dot): the transaction is abandoned and
+    the connection dropped, so the relay never takes the message from us."""
+
+
+class InstanceLocked(Exception):
+    """Another live process holds this instance: the SQLite file, or the INSTANCE_ID
+    on PostgreSQL. Two would take back each other's claims."""

@@ -105,12 +105,21 @@ def serve() -> None:
 
     from service.app import GracePeriod, create_app
     from service.config import load_settings
+    from service.errors import DatabaseUnavailable, InstanceLocked
+    from service.instance import InstanceLock
 
     settings = load_settings()
     configure_logging(settings.log_level)
+    try:
+        # Held until the process ends, however it ends (the kernel or the server
+        # drops it): a second process as this instance would take back our claims.
+        lock = InstanceLock.acquire(settings.database_url, settings.instance_name)
+    except (InstanceLocked, DatabaseUnavailable) as exc:
+        print(f"mail-service: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     signal.signal(signal.SIGTERM, _exit_cleanly)
     grace = GracePeriod(settings.shutdown_grace_seconds)
-    app = create_app(settings, grace=grace)
+    app = create_app(settings, grace=grace, instance_lock=lock)
     tune_garbage_collector()
     server = uvicorn.Server(
         uvicorn.Config(

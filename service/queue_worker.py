@@ -2,34 +2,41 @@
 
 A delivery thread takes one id from the WorkQueue (blocking, with a timeout so
 that stop() is noticed), then a few more that are already waiting, claims them
-in one statement, sends each over its own persistent connection and records the
-outcomes in one transaction. A temporary failure puts the message back in the
+in one statement under this instance's name (INSTANCE_ID) and sends each over
+its own persistent connection. Each outcome goes to the OutcomeWriter as soon as
+the relay answers; the next message's envelope goes at once, and its final dot
+only once that outcome is written (HeldClaims), so a crash re-sends at most one
+message per connection. A temporary failure puts the message back in the
 database as queued with a retry time (the RetryPolicy's), and the thread goes
 straight on to the next message: no delivery thread ever sleeps through a
 backoff. The scheduler thread re-queues retries when they are due and messages
-whose lease expired (a dead process's), re-syncs the Backlog and purges.
+whose lease expired (a dead instance's), re-syncs the Backlog and purges.
+
+At start-up the worker takes back what its previous process left in `sending`,
+at once (the InstanceLock makes that safe); at stop, what has not reached its
+final dot goes back to `queued`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from service.backlog import Backlog
 from service.errors import (
+    ClaimReleased,
     DatabaseUnavailable,
     DeliveryError,
     QueueFull,
     ShuttingDown,
     TemporaryDeliveryError,
 )
+from service.held_claims import HeldClaims
+from service.outcome_writer import OutcomeWriter
 from service.retry import RetryPolicy
 from service.types import ClaimedMessage, Outcome, Sender, SenderFactory
 from service.work_queue import WorkQueue
@@ -43,9 +50,9 @@ __all__ = ["MailQueueWorker", "QueueFull", "Sender", "ShuttingDown"]
 
 log = logging.getLogger(__name__)
 
-# How many ids a delivery thread claims and records at once. Batching turns
-# two commits per message into two per batch; a small batch keeps what a
-# crash can duplicate (sent but not yet recorded) small too.
+# How many ids a delivery thread claims at once: one commit per batch for the
+# claims. (Outcomes are written per message, grouped across threads by the
+# OutcomeWriter.)
 DEFAULT_BATCH_SIZE = 8
 # How long a delivery thread blocks on the queue before looking at the stop flag.
 _GET_TIMEOUT = 0.1
@@ -91,7 +98,11 @@ class MailQueueWorker:
         self.purge_interval = _PURGE_INTERVAL
         self.full_pass_interval = _FULL_PASS_INTERVAL
         self._last_full_pass: float | None = None  # time.monotonic() of the last due query
-        self._owner_prefix = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._owner = settings.instance_name
+        self._held: list[HeldClaims] = []
+        self._writer = OutcomeWriter(
+            outbox, on_written=self._recorded, retry_interval=settings.poll_interval
+        )
 
     # -- life cycle -------------------------------------------------------------
 
@@ -101,16 +112,21 @@ class MailQueueWorker:
             raise RuntimeError("MailQueueWorker.start() called twice")
         self._started = True
         try:
+            # SQLite: one instance per file (the InstanceLock), so every claim is ours.
+            self._outbox.take_back_claims(None if self._outbox.is_sqlite else self._owner)
             self._outbox.reclaim_expired_leases()
             self._backlog.resync(self._outbox.count_unfinished())
             self._fill_queue()
         except DatabaseUnavailable:
             # The scheduler retries all of this every poll; accepting can wait for it.
             log.exception("database unavailable at start; the scheduler will retry")
+        self._writer.start()
         for n in range(self._settings.worker_concurrency):
+            held = HeldClaims()
+            self._held.append(held)
             thread = threading.Thread(
                 target=self._deliver_loop,
-                args=(f"{self._owner_prefix}:{n}",),
+                args=(held,),
                 name=f"mail-delivery-{n}",
                 daemon=True,  # a send stuck past the grace period must not block exit
             )
@@ -123,17 +139,27 @@ class MailQueueWorker:
 
     def stop(self, grace: float) -> None:
         """Stop taking work; let deliveries in flight finish within `grace` seconds;
-        leave the rest queued in the database."""
+        then hand back, as queued, every claim that has not reached its final dot.
+        Only messages past it stay in `sending`, for the next start to take back."""
         deadline = time.monotonic() + grace
         self._stopping.set()
         threads = [*self._threads, *([self._scheduler] if self._scheduler else [])]
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         stuck = [thread.name for thread in threads if thread.is_alive()]
+        back = [message for held in self._held for message in held.take_back()]
+        self._unclaim(back)
         if stuck:
-            # Their messages stay in `sending` under a lease; the next start (or
-            # another instance) takes them back when it expires.
-            log.warning("delivery still in flight after %.1fs grace: %s", grace, ", ".join(stuck))
+            log.warning(
+                "delivery still in flight after %.1fs grace: %s; %d claim(s) not at their "
+                "final dot handed back",
+                grace,
+                ", ".join(stuck),
+                len(back),
+            )
+        # The outcomes of messages the relay took must be written whatever the grace
+        # left: otherwise the next start sends them again.
+        self._writer.stop(max(1.0, deadline - time.monotonic()))
         self._work.clear()
 
     # -- the accept path ------------------------------------------------------------
@@ -164,7 +190,7 @@ class MailQueueWorker:
 
     # -- delivery threads -----------------------------------------------------------
 
-    def _deliver_loop(self, owner: str) -> None:
+    def _deliver_loop(self, held: HeldClaims) -> None:
         sender: Sender | None = None
         try:
             while not self._stopping.is_set():
@@ -174,7 +200,7 @@ class MailQueueWorker:
                 try:
                     if sender is None:
                         sender = self._sender_factory()
-                    self._deliver_batch(ids, owner, sender)
+                    self._deliver_batch(ids, held, sender)
                 except Exception:
                     # Never let a thread die: whatever was claimed and not recorded
                     # comes back when its lease expires; a fresh sender next time.
@@ -196,14 +222,13 @@ class MailQueueWorker:
         except Exception:
             log.exception("closing an SMTP sender failed")
 
-    def _deliver_batch(self, ids: list[str], owner: str, sender: Sender) -> None:
-        """Claim `ids`, send them, then keep going while the queue has more: each
-        batch's outcomes are written in the same transaction that claims the next."""
+    def _deliver_batch(self, ids: list[str], held: HeldClaims, sender: Sender) -> None:
+        """Claim `ids` and send them one by one, each outcome handed to the writer."""
         if self._stopping.is_set():
             return
         claimed: list[ClaimedMessage] = []
         try:
-            claimed = self._outbox.claim(ids, owner, self._settings.lease_seconds)
+            claimed = self._outbox.claim(ids, self._owner, self._settings.lease_seconds)
         except DatabaseUnavailable:
             # Delivery pauses while the database is away; the scheduler offers
             # these ids again once it answers.
@@ -212,67 +237,38 @@ class MailQueueWorker:
             return
         finally:
             self._work.claimed(ids, len(claimed))
-        while claimed:
-            next_claimed: list[ClaimedMessage] = []
-            try:
-                next_claimed = self._send_claimed(claimed, owner, sender)
-            finally:
-                self._work.landed(len(claimed))
-            claimed = next_claimed
-
-    def _send_claimed(
-        self, claimed: list[ClaimedMessage], owner: str, sender: Sender
-    ) -> list[ClaimedMessage]:
-        """Send a claimed batch; record the outcomes and claim the next batch (when
-        one is waiting) together. Returns that next batch, counted in flight."""
+        held.load(claimed)
         # Send only while at least half the lease is left, so that a send never
         # overlaps the moment the scheduler may hand the message to someone else.
         lease_end = self._clock() + self._settings.lease_seconds / 2
-        outcomes: list[Outcome] = []
-        unsent: list[ClaimedMessage] = []
-        for message in claimed:
-            if self._stopping.is_set() or self._clock() >= lease_end:
-                # Stopping, or the lease ran out while earlier ones were sent
-                # (a slow relay): hand it back rather than risk a duplicate.
-                unsent.append(message)
-                continue
-            outcomes.append(self._attempt(message, sender))
-        if unsent:
-            # No next batch: stopping, or a relay this slow gains nothing from it.
-            self._record(outcomes)
-            self._unclaim(unsent, owner)
-            return []
-        return self._record_and_claim(outcomes, owner)
-
-    def _record_and_claim(self, outcomes: list[Outcome], owner: str) -> list[ClaimedMessage]:
-        ids = self._work.take_ready(self._batch_size)
-        if not ids:
-            self._record(outcomes)
-            return []
-        claimed: list[ClaimedMessage] = []
         try:
-            claimed = self._outbox.record_and_claim(
-                outcomes, ids, owner, self._settings.lease_seconds
-            )
-        except DatabaseUnavailable:
-            # Neither happened. The outcomes must be written (the retrying path);
-            # the ids are offered again by the scheduler, as after a failed claim.
-            log.warning("database unavailable; recording alone, the next batch waits")
-            self._record(outcomes)
-            return []
+            while (message := held.next()) is not None:
+                if self._stopping.is_set():
+                    self._unclaim(held.take_back())  # this message and the rest
+                    return
+                if self._clock() >= lease_end:
+                    # The lease ran out while earlier ones were sent (a slow relay):
+                    # hand the rest back rather than risk a duplicate.
+                    self._unclaim([message, *held.rest()])
+                    return
+                outcome = self._attempt(message, sender, held)
+                if outcome is not None:
+                    held.after(self._writer.submit(outcome))
         finally:
-            self._work.claimed(ids, len(claimed))
-        self._recorded(outcomes)
-        return claimed
+            # Left by an unexpected error: they stay claimed until their lease ends.
+            self._work.landed(len(held.rest()))
 
-    def _attempt(self, message: ClaimedMessage, sender: Sender) -> Outcome:
-        """One attempt of one message, and what the retry policy makes of it."""
+    def _attempt(self, message: ClaimedMessage, sender: Sender, held: HeldClaims) -> Outcome | None:
+        """One attempt of one message, and what the retry policy makes of it; None
+        when stop() took the message back before its final dot (it is queued again)."""
         started = self._clock()
         began = time.perf_counter()
         error: DeliveryError | None = None
         rejected = []
         try:
-            rejected = list(sender.send(message.rendered).rejected)
+            rejected = list(sender.send(message.rendered, held.before_dot).rejected)
+        except ClaimReleased:
+            return None
         except DeliveryError as exc:
             error = exc
         except Exception as exc:
@@ -280,6 +276,8 @@ class MailQueueWorker:
             # so the message is neither lost nor failed by our own fault.
             log.exception("unexpected error while sending %s", message.id)
             error = TemporaryDeliveryError(f"internal error: {type(exc).__name__}")
+        if error is not None and held.released:
+            return None  # refused in its envelope after stop() had handed it back
         decision = self._retry.decide(message.attempt, error)
         retry_at = self._clock() + decision.delay if decision.action == "retry" else None
         if error is not None:
@@ -318,27 +316,8 @@ class MailQueueWorker:
                 extra=extra,
             )
 
-    def _record(self, outcomes: Sequence[Outcome]) -> None:
-        """Write the batch's outcomes, retrying while the database is away.
-
-        Giving up would let the leases expire and the sent ones go out again, so
-        this keeps trying until it succeeds or stop() has begun (then the lease
-        decides, as after a crash).
-        """
-        if not outcomes:
-            return
-        while True:
-            try:
-                self._outbox.record_outcomes(outcomes)
-                break
-            except DatabaseUnavailable:
-                log.warning("could not record %d outcome(s); retrying", len(outcomes))
-                if self._stopping.wait(self._settings.poll_interval):
-                    return
-        self._recorded(outcomes)
-
     def _recorded(self, outcomes: Sequence[Outcome]) -> None:
-        """Account for written outcomes: remember the retries, count the finished."""
+        """The writer's callback: remember the retries, count the finished."""
         finished = 0
         for outcome in outcomes:
             if outcome.status == "queued" and outcome.retry_at is not None:
@@ -346,10 +325,15 @@ class MailQueueWorker:
             else:
                 finished += 1
         self._backlog.finish(finished)
+        self._work.landed(len(outcomes))
 
-    def _unclaim(self, claimed: Sequence[ClaimedMessage], owner: str) -> None:
+    def _unclaim(self, claimed: Sequence[ClaimedMessage]) -> None:
+        """Hand claimed, unsent messages back: queued, due now, offered again."""
+        if not claimed:
+            return
+        self._work.landed(len(claimed))
         try:
-            self._outbox.unclaim(claimed, owner)
+            self._outbox.unclaim(claimed, self._owner)
         except DatabaseUnavailable:
             log.warning(
                 "could not hand back %d claimed message(s); they return when their lease expires",

@@ -62,8 +62,17 @@ class Sender(Protocol):
     """One SMTP session's worth of sending: `service.mailer.SMTPConnection` in
     production, a test double in tests (httpx's transports are the model)."""
 
-    def send(self, message: RenderedMessage) -> SendResult:
-        """One attempt. Raises DeliveryError; partial refusals are in the result."""
+    def send(
+        self, message: RenderedMessage, before_dot: Callable[[], None] | None = None
+    ) -> SendResult:
+        """One attempt. Raises DeliveryError; partial refusals are in the result.
+
+        `before_dot`, when given, is called once the relay has agreed to take the
+        body (its 354), before the body and its final dot go: the last moment at
+        which the message can still be abandoned without the relay keeping it. It
+        may block, and may raise (ShuttingDown) to abandon the transaction: then
+        the session is dropped and the exception passes through unchanged.
+        """
         ...
 
     def offers(self, extension: str) -> bool:

@@ -65,7 +65,7 @@ def outbox_factory(clock: FakeClock) -> Iterator[OutboxFactory]:
     def factory(url: str, *, create: bool = True, **overrides: Any) -> Outbox:
         engine = make_engine(make_settings(url, **overrides))
         engines.append(engine)
-        outbox = Outbox(engine, clock=clock, lease_seconds=30.0)
+        outbox = Outbox(engine, clock=clock, lease_seconds=30.0, instance="test-instance")
         if create:
             outbox.create_schema()
         return outbox

@@ -48,8 +48,10 @@ class WrappingSender:
     def __init__(self, inner: Sender) -> None:
         self.inner = inner
 
-    def send(self, message: RenderedMessage) -> SendResult:
-        return self.inner.send(message)
+    def send(
+        self, message: RenderedMessage, before_dot: Callable[[], None] | None = None
+    ) -> SendResult:
+        return self.inner.send(message, before_dot)
 
     def offers(self, extension: str) -> bool:
         return self.inner.offers(extension)
@@ -69,7 +71,9 @@ class FailingSender:
     def __init__(self, text: str = "a bug, not an SMTP failure") -> None:
         self.text = text
 
-    def send(self, message: RenderedMessage) -> SendResult:
+    def send(
+        self, message: RenderedMessage, before_dot: Callable[[], None] | None = None
+    ) -> SendResult:
         raise RuntimeError(self.text)
 
     def offers(self, extension: str) -> bool:

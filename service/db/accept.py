@@ -81,6 +81,7 @@ class AcceptWrites(Store):
                 "updated_at": now,
                 "next_attempt_at": now if is_async else None,
                 "lease_until": None if is_async else now + self._lease_seconds,
+                "owner": None if is_async else self.instance,
                 "idempotency_scope": message.idempotency_scope,
                 "request_hash": message.request_hash,
                 "response_code": message.response_code,

@@ -37,28 +37,6 @@ class DeliveryWrites(Store):
         with self._driver() as cursor:
             return self._claim_in(cursor, ids, owner, lease_seconds, now)
 
-    def record_and_claim(
-        self,
-        outcomes: Sequence[Outcome],
-        ids: Sequence[str],
-        owner: str,
-        lease_seconds: float,
-    ) -> list[ClaimedMessage]:
-        """record_outcomes() and then claim(), in one transaction: one commit per
-        batch on the delivery path instead of two.
-
-        Either both happen or neither (DatabaseUnavailable): the claimed rows are
-        in `sending` under a lease exactly as after claim().
-        """
-        if not outcomes:
-            return self.claim(ids, owner, lease_seconds)
-        now = self._clock()
-        with self._driver() as cursor:
-            self._record_in(cursor, outcomes, now)
-            if not ids:
-                return []
-            return self._claim_in(cursor, ids, owner, lease_seconds, now)
-
     def _claim_in(
         self, cursor: Any, ids: Sequence[str], owner: str, lease_seconds: float, now: float
     ) -> list[ClaimedMessage]:
@@ -168,25 +146,45 @@ class DeliveryWrites(Store):
             return list(conn.execute(query).scalars())
 
     def reclaim_expired_leases(self) -> int:
-        """Async rows in sending past their lease go back to queued; sync rows become failed."""
+        """Rows in sending past their lease (a dead process's, or one too slow to
+        trust) are taken back: async ones re-queued, sync ones marked failed."""
         now = self._clock()
-        expired = sa.and_(_m.status == "sending", _m.lease_until < now)
+        return self._take_back(
+            sa.and_(_m.status == "sending", _m.lease_until < now), now, "expired"
+        )
+
+    def take_back_claims(self, owner: str | None) -> int:
+        """At start-up, what this instance's previous process left in sending is taken
+        back at once, leases or not: the claims under `owner`, or every claim when
+        None (SQLite: the file is this process's alone). Only safe while this
+        process holds the InstanceLock (service/instance.py)."""
+        now = self._clock()
+        mine = _m.status == "sending"
+        if owner is not None:
+            mine = sa.and_(mine, _m.owner == owner)
+        return self._take_back(mine, now, "left by the previous process")
+
+    def _take_back(self, condition: sa.ColumnElement[bool], now: float, why: str) -> int:
+        """Async rows back to queued and due now (the attempt counts: it may have
+        reached the relay); sync rows failed: we never finish a sync send in the
+        background."""
         released = {"lease_until": None, "owner": None, "updated_at": now}
         with self._tx() as conn:
             requeued = conn.execute(
                 messages_table.update()
-                .where(expired, _m.mode == "async")
+                .where(condition, _m.mode == "async")
                 .values(status="queued", next_attempt_at=now, **released)
             ).rowcount
             failed = conn.execute(
                 messages_table.update()
-                .where(expired, _m.mode == "sync")
+                .where(condition, _m.mode == "sync")
                 .values(status="failed", last_error=INTERRUPTED_SYNC_ERROR, **released)
             ).rowcount
         if requeued or failed:
             log.warning(
-                "reclaimed expired leases: %d async message(s) re-queued, %d sync message(s) "
+                "took back claims (%s): %d async message(s) re-queued, %d sync message(s) "
                 "marked failed",
+                why,
                 requeued,
                 failed,
             )

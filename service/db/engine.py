@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
     from service.config import Settings
 
-__all__ = ["make_engine", "sqlite_path"]
+__all__ = ["connect_args", "make_engine", "sqlite_path"]
 
 # SQLite waits this long for a competing writer before giving up with "database
 # is locked" (which becomes DatabaseUnavailable, so a 503, not a hung request).
@@ -49,7 +49,7 @@ def make_engine(settings: Settings) -> Engine:
             pool_pre_ping=True,
             # A request must not wait long for a connection: past this it is a 503.
             pool_timeout=POOL_TIMEOUT_SECONDS,
-            connect_args=_connect_args(url),
+            connect_args=connect_args(url),
         )
 
     if url.database in (None, "", ":memory:"):
@@ -82,7 +82,7 @@ def make_engine(settings: Settings) -> Engine:
     return engine
 
 
-def _connect_args(url: sa.URL) -> dict[str, Any]:
+def connect_args(url: sa.URL) -> dict[str, Any]:
     """Driver options for a server database: bound how long connecting may take."""
     if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
         # libpq waits for ever by default on an unreachable host; a request
@@ -91,8 +91,10 @@ def _connect_args(url: sa.URL) -> dict[str, Any]:
     return {}
 
 
-def sqlite_path(engine: Engine) -> Path | None:
-    url = engine.url
+def sqlite_path(engine: Engine | sa.URL) -> Path | None:
+    """The database file of a SQLite engine (or URL); None for memory, URI
+    filenames and other databases."""
+    url = engine if isinstance(engine, sa.URL) else engine.url
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
         return None
     if url.query.get("uri") or str(url.database).startswith("file:"):

@@ -51,6 +51,7 @@ INSERT_COLUMNS = (
     "updated_at",
     "next_attempt_at",
     "lease_until",
+    "owner",
     "idempotency_scope",
     "request_hash",
     "response_code",

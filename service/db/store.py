@@ -71,8 +71,12 @@ class Store:
         *,
         clock: Callable[[], float] = time.time,
         lease_seconds: float = 60.0,
+        instance: str | None = None,
     ) -> None:
         self.engine = engine
+        # Who this process's claims are made under (INSTANCE_ID): the sync rows it
+        # inserts in `sending` carry it, so that its next start finds them.
+        self.instance = instance
         self._clock = clock
         # A synchronous row is inserted in `sending` with this lease (renewed by
         # record_attempt), so a dead process's sync rows are found and failed.

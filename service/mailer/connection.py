@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from service.errors import DeliveryError, PermanentDeliveryError
+from service.errors import DeliveryError, PermanentDeliveryError, ShuttingDown
 from service.mailer.classify import classify, reply_text
 from service.mailer.smtp import BoundedSMTP, BoundedSMTPSSL, local_hostname, make_ssl_context
 from service.types import RejectedRecipient, RenderedMessage, SendResult
@@ -154,7 +154,13 @@ class SMTPConnection:
         if rset_code != 250:
             self._drop()
 
-    def _transaction(self, smtp: BoundedSMTP, message: RenderedMessage, reused: bool) -> SendResult:
+    def _transaction(
+        self,
+        smtp: BoundedSMTP,
+        message: RenderedMessage,
+        reused: bool,
+        before_dot: Callable[[], None] | None,
+    ) -> SendResult:
         options: list[str] = []
         if message.smtputf8:
             if not smtp.has_extn("smtputf8"):
@@ -202,7 +208,7 @@ class SMTPConnection:
             )
 
         try:
-            code, reply = smtp.data(message.data)
+            code, reply = smtp.data(message.data, before_dot)
         except smtplib.SMTPDataError as exc:  # DATA itself refused (not 354)
             self._after_failure(smtp, exc.smtp_code)
             raise classify(exc) from exc
@@ -211,20 +217,27 @@ class SMTPConnection:
             raise classify(smtplib.SMTPDataError(code, reply))
         return SendResult(rejected=rejected)
 
-    def send(self, message: RenderedMessage) -> SendResult:
+    def send(
+        self, message: RenderedMessage, before_dot: Callable[[], None] | None = None
+    ) -> SendResult:
         """One attempt. Raises DeliveryError (classified). Partial recipient refusals
-        are returned in SendResult.rejected; all refused raises."""
+        are returned in SendResult.rejected; all refused raises. `before_dot`: see
+        service.types.Sender.send."""
         retried = False
         while True:
             smtp, reused = self._session()
             try:
-                result = self._transaction(smtp, message, reused and not retried)
+                result = self._transaction(smtp, message, reused and not retried, before_dot)
             except _StaleConnection:
                 self._drop()
                 log.debug("SMTP session went stale while idle; reconnecting")
                 retried = True
                 continue
             except DeliveryError:
+                raise
+            except ShuttingDown:
+                # before_dot abandoned the transaction; BoundedSMTP.data closed the socket.
+                self._drop()
                 raise
             except Exception as exc:
                 # The session is in an unknown state (timeout, disconnect, garbage).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from service.errors import DeliveryError
 from service.types import RenderedMessage, Sender, SenderFactory, SendResult
@@ -38,11 +39,13 @@ class ConnectionPool:
                 return
         sender.close()
 
-    def send(self, message: RenderedMessage) -> SendResult:
+    def send(
+        self, message: RenderedMessage, before_dot: Callable[[], None] | None = None
+    ) -> SendResult:
         """Borrow a sender, send one attempt, give it back (or drop it on error)."""
         sender = self._borrow()
         try:
-            result = sender.send(message)
+            result = sender.send(message, before_dot)
         except DeliveryError:
             # A sender closes a session it cannot trust; one left open was RSET
             # after a refusal and is as good as new.

@@ -5,10 +5,12 @@ second would never trip it."""
 from __future__ import annotations
 
 import functools
+import re
 import smtplib
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from service.errors import PermanentDeliveryError
@@ -27,6 +29,7 @@ _MAX_REPLY_LINES = 200
 # message on a slow link may take longer than a command, yet a server that reads one
 # byte a second cannot hold a thread for ever.
 _MIN_SEND_RATE = 256 * 1024
+_LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
 class BoundedSMTP(smtplib.SMTP):
@@ -116,6 +119,30 @@ class BoundedSMTP(smtplib.SMTP):
         except OSError as exc:
             self.close()
             raise smtplib.SMTPServerDisconnected(f"Server not connected: {exc}") from exc
+
+    def data(  # type: ignore[override]
+        self, msg: bytes, before_dot: Callable[[], None] | None = None
+    ) -> tuple[int, bytes]:
+        """smtplib's DATA, with `before_dot` called between the 354 and the body.
+
+        If it raises, the socket is closed with the body unsent: a relay discards
+        a transaction whose final dot never came (RFC 5321 4.1.1.4).
+        """
+        self.putcmd("data")
+        code, reply = self.getreply()
+        if code != 354:
+            raise smtplib.SMTPDataError(code, reply)
+        if before_dot is not None:
+            try:
+                before_dot()
+            except BaseException:
+                self.close()
+                raise
+        body = _LEADING_DOT.sub(b"..", msg)  # dot-stuffing, as smtplib's data() does
+        if not body.endswith(b"\r\n"):
+            body += b"\r\n"
+        self.send(body + b".\r\n")
+        return self.getreply()
 
     def starttls(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
         reply = super().starttls(*args, **kwargs)

@@ -6,7 +6,6 @@ import json
 import random
 import threading
 from collections import Counter
-from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
@@ -14,7 +13,6 @@ import sqlalchemy as sa
 from service import db
 from service.db import (
     INTERRUPTED_SYNC_ERROR,
-    DatabaseUnavailable,
     IdempotencyKeyTaken,
     Outbox,
     Outcome,
@@ -153,45 +151,48 @@ def test_record_outcomes_writes_a_whole_batch_in_one_call(outbox: Outbox, clock:
     assert statuses == ["sent", "queued", "failed"]
 
 
-def test_record_and_claim_writes_outcomes_and_claims_the_next_batch_together(
+def test_take_back_claims_takes_the_named_owners_claims_at_once(
     outbox: Outbox, clock: FakeClock
 ) -> None:
-    first, second, third = (new_message() for _ in range(3))
-    for message in (first, second, third):
+    """A restart's own claims come back now, leases or not; another owner's stay."""
+    mine, theirs, done = (new_message() for _ in range(3))
+    sync = new_message("sync")
+    for message in (mine, theirs, done, sync):
         outbox.insert(message)
-    [claimed] = outbox.claim([first.id], "w", 30)
-    clock.advance(1)
-    taken = outbox.record_and_claim(
-        [Outcome(id=claimed.id, attempt=1)], [third.id, second.id], "w", 30
-    )
-    assert [(c.id, c.attempt) for c in taken] == [(third.id, 1), (second.id, 1)]  # order asked
-    assert taken[0].rendered == third.rendered
-    assert status_of(outbox, first.id) == "sent"
-    assert [status_of(outbox, m.id) for m in (second, third)] == ["sending", "sending"]
-    assert len(outbox.attempts(first.id)) == 1
-    # No ids: only the outcomes. No outcomes: only the claim.
-    assert outbox.record_and_claim([Outcome(id=second.id, attempt=1)], [], "w", 30) == []
-    assert status_of(outbox, second.id) == "sent"
-    fourth = new_message()
-    outbox.insert(fourth)
-    assert [c.id for c in outbox.record_and_claim([], [fourth.id], "w", 30)] == [fourth.id]
+    outbox.claim([mine.id, done.id], "test-instance", 30)
+    outbox.claim([theirs.id], "another", 30)
+    outbox.record_outcomes([Outcome(id=done.id, attempt=1)])
+    clock.advance(1)  # well inside every lease
+    assert outbox.take_back_claims("test-instance") == 2  # mine, and the sync row
+    assert status_of(outbox, mine.id) == "queued"
+    assert outbox.due_ids(10) == [mine.id]
+    record = outbox.get(mine.id)
+    assert record is not None
+    assert record.attempts == 1  # it may have reached the relay
+    sync_record = outbox.get(sync.id)
+    assert sync_record is not None
+    assert (sync_record.status, sync_record.last_error) == ("failed", INTERRUPTED_SYNC_ERROR)
+    assert status_of(outbox, theirs.id) == "sending"
+    assert status_of(outbox, done.id) == "sent"
+    assert outbox.take_back_claims("test-instance") == 0
 
 
-def test_record_and_claim_writes_nothing_when_the_claim_fails(
-    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """One transaction: outcomes are never written without the claim, nor the reverse."""
-    done, waiting = new_message(), new_message()
-    outbox.insert(done)
-    outbox.insert(waiting)
-    outbox.claim([done.id], "w", 30)
-    broken = SimpleNamespace(sql="UPDATE no_such_table SET x = 1", params=lambda values: ())
-    monkeypatch.setattr(outbox, "_claim_for", lambda count: broken)
-    with pytest.raises(DatabaseUnavailable):
-        outbox.record_and_claim([Outcome(id=done.id, attempt=1)], [waiting.id], "w", 30)
-    assert status_of(outbox, done.id) == "sending"
-    assert status_of(outbox, waiting.id) == "queued"
-    assert outbox.attempts(done.id) == []
+def test_take_back_claims_of_everyone_for_a_file_of_ones_own(outbox: Outbox) -> None:
+    first, second = new_message(), new_message()
+    outbox.insert(first)
+    outbox.insert(second)
+    outbox.claim([first.id], "one", 30)
+    outbox.claim([second.id], "two", 30)
+    assert outbox.take_back_claims(None) == 2
+    assert [status_of(outbox, m.id) for m in (first, second)] == ["queued", "queued"]
+
+
+def test_a_sync_row_is_inserted_under_the_outbox_instance(outbox: Outbox) -> None:
+    sync = new_message("sync")
+    outbox.insert(sync)
+    with outbox.engine.connect() as conn:
+        owner = conn.execute(sa.text("SELECT owner FROM messages WHERE id = :id"), {"id": sync.id})
+        assert owner.scalar_one() == "test-instance"
 
 
 def status_of(outbox: Outbox, message_id: str) -> str:

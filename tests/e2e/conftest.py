@@ -15,8 +15,8 @@ def service_factory(tmp_path: Path) -> Iterator[type[ServiceProcess]]:
     started: list[ServiceProcess] = []
 
     class Factory(ServiceProcess):
-        def __init__(self, env: dict[str, str]) -> None:
-            super().__init__(env, tmp_path / f"service-{len(started)}.log")
+        def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+            super().__init__(env, tmp_path / f"service-{len(started)}.log", port)
             started.append(self)
 
     try:

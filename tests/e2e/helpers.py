@@ -56,8 +56,9 @@ def wait_for_health(
 class ServiceProcess:
     """One `python -m service` process; its output goes to a log file for post-mortems."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
+    def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
+        # A restart on the same port keeps the default INSTANCE_ID (host:port).
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.env = {

@@ -1,0 +1,96 @@
+"""HeldClaims: what one delivery thread has claimed and not finished, and the gate
+before each final dot.
+
+The thread takes its claimed messages one by one (`next()`). For each, the
+Sender calls `before_dot()` after the relay's 354: it waits until the previous
+message's outcome on this connection is written, then marks the message as past
+its final dot. On SIGTERM, once the grace period is over, `take_back()` returns
+every message that has not reached that point (the rest of the batch, and the
+current one if it is still in its envelope), so that they go back to `queued`
+before exit; a message already past the dot is left in `sending` for the next
+start. One lock orders the two, so a message is either sent or handed back,
+never both.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Sequence
+
+from service.errors import ClaimReleased
+from service.types import ClaimedMessage
+
+__all__ = ["HeldClaims"]
+
+# How often a thread waiting for its previous outcome looks whether stop() took
+# its message back.
+_WAIT_SLICE = 0.05
+
+
+class HeldClaims:
+    """Thread-safe: the delivery thread and stop() share it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: deque[ClaimedMessage] = deque()
+        self._current: ClaimedMessage | None = None
+        self._past_dot = False
+        self._closed = False
+        # Set once the previous message's outcome on this connection is written.
+        self._previous: threading.Event | None = None
+
+    def load(self, claimed: Sequence[ClaimedMessage]) -> None:
+        with self._lock:
+            self._waiting.extend(claimed)
+
+    def next(self) -> ClaimedMessage | None:
+        """The next message to send, or None (none left, or taken back)."""
+        with self._lock:
+            self._current = None
+            if self._closed or not self._waiting:
+                return None
+            self._current = self._waiting.popleft()
+            self._past_dot = False
+            return self._current
+
+    def after(self, written: threading.Event) -> None:
+        """The current message's outcome was handed to the writer: the next final
+        dot waits for it."""
+        self._previous = written
+
+    def before_dot(self) -> None:
+        """The Sender's gate (service.types.Sender.send). Raises ClaimReleased when
+        stop() took the message back first."""
+        previous = self._previous
+        if previous is not None:
+            while not previous.wait(_WAIT_SLICE):
+                if self._closed:
+                    raise ClaimReleased("shutting down: handed back before its final dot")
+        with self._lock:
+            if self._closed:
+                raise ClaimReleased("shutting down: handed back before its final dot")
+            self._past_dot = True
+
+    @property
+    def released(self) -> bool:
+        return self._closed
+
+    def rest(self) -> list[ClaimedMessage]:
+        """Take the messages not yet started (the lease is running out)."""
+        with self._lock:
+            rest = list(self._waiting)
+            self._waiting.clear()
+            return rest
+
+    def take_back(self) -> list[ClaimedMessage]:
+        """Close: every message that has not reached its final dot, for unclaiming.
+        The thread sends nothing more from here (its gate raises ClaimReleased)."""
+        with self._lock:
+            self._closed = True
+            back = list(self._waiting)
+            self._waiting.clear()
+            if self._current is not None and not self._past_dot:
+                back.append(self._current)
+                self._current = None
+            return back
