@@ -2,7 +2,8 @@
 
 Opt-in sessions: `unit`, `e2e`, `postgres` (the tests by what they cost),
 `contract` (tests/api, then schemathesis), `dev` (service + fakesmtp),
-`load` (locust), `bench` (benchmark scripts). Each session installs what it
+`load` (locust), `bench` (benchmark scripts), `soak` (crash recovery at length:
+random SIGKILLs and SIGTERMs under load). Each session installs what it
 needs into its own virtualenv, so a fresh clone needs only nox itself.
 """
 
@@ -108,3 +109,13 @@ def bench(session: nox.Session) -> None:
     """Benchmark scripts; each prints a ratio against a baseline measured in the same run."""
     session.install("-e", ".[test,bench]")
     session.run("python", "bench/run_all.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """Crash recovery at length: 100,000 messages, 50 SIGKILLs and 10 SIGTERMs on SQLite,
+    then on PostgreSQL (tests/e2e/chaos.py; arguments after -- replace the defaults)."""
+    session.install("-e", ".[test]")
+    args = session.posargs or ["--messages", "100000", "--kills", "50", "--terms", "10"]
+    for database in ("sqlite", "postgres"):
+        session.run("python", "-m", "tests.e2e.chaos", "--database", database, *args)

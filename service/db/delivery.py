@@ -165,15 +165,15 @@ class DeliveryWrites(Store):
         return self._take_back(mine, now, "left by the previous process")
 
     def _take_back(self, condition: sa.ColumnElement[bool], now: float, why: str) -> int:
-        """Async rows back to queued and due now (the attempt counts: it may have
-        reached the relay); sync rows failed: we never finish a sync send in the
-        background."""
+        """Async rows back to queued, due when they were before the claim, so that they
+        go ahead of what was accepted since (the attempt counts: it may have reached
+        the relay); sync rows failed: we never finish a sync send in the background."""
         released = {"lease_until": None, "owner": None, "updated_at": now}
         with self._tx() as conn:
             requeued = conn.execute(
                 messages_table.update()
                 .where(condition, _m.mode == "async")
-                .values(status="queued", next_attempt_at=now, **released)
+                .values(status="queued", **released)
             ).rowcount
             failed = conn.execute(
                 messages_table.update()
