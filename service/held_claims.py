@@ -4,34 +4,44 @@ before each final dot.
 The thread takes its claimed messages one by one (`next()`). For each, the
 Sender calls `before_dot()` after the relay's 354: it waits until the previous
 message's outcome on this connection is written, then marks the message as past
-its final dot. On SIGTERM, once the grace period is over, `take_back()` returns
-every message that has not reached that point (the rest of the batch, and the
-current one if it is still in its envelope), so that they go back to `queued`
-before exit; a message already past the dot is left in `sending` for the next
-start. One lock orders the two, so a message is either sent or handed back,
-never both.
+its final dot. A message whose lease would end before its dot could go (the
+previous outcome could not be written for that long: the database is away) is
+abandoned there and left to its lease, since another instance may take it then.
+
+On SIGTERM, once the grace period is over, `take_back()` returns every message
+that has not reached its dot (the rest of the batch, and the current one if it
+is still in its envelope), so that they go back to `queued` before exit; a
+message already past the dot is left in `sending` for the next start. One lock
+orders the two, so a message is either sent or handed back, never both.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from service.errors import ClaimReleased
 from service.types import ClaimedMessage
 
-__all__ = ["HeldClaims"]
+__all__ = ["HeldClaims", "LeaseRunningOut"]
 
 # How often a thread waiting for its previous outcome looks whether stop() took
 # its message back.
 _WAIT_SLICE = 0.05
 
 
+class LeaseRunningOut(ClaimReleased):
+    """The message is abandoned before its dot and left claimed: its lease decides."""
+
+
 class HeldClaims:
     """Thread-safe: the delivery thread and stop() share it."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._dot_deadline = float("inf")
         self._lock = threading.Lock()
         self._waiting: deque[ClaimedMessage] = deque()
         self._current: ClaimedMessage | None = None
@@ -40,9 +50,12 @@ class HeldClaims:
         # Set once the previous message's outcome on this connection is written.
         self._previous: threading.Event | None = None
 
-    def load(self, claimed: Sequence[ClaimedMessage]) -> None:
+    def load(self, claimed: Sequence[ClaimedMessage], dot_deadline: float) -> None:
+        """A claimed batch; no final dot of it may go at or after `dot_deadline`
+        (a little before the claim's lease ends)."""
         with self._lock:
             self._waiting.extend(claimed)
+            self._dot_deadline = dot_deadline
 
     def next(self) -> ClaimedMessage | None:
         """The next message to send, or None (none left, or taken back)."""
@@ -67,10 +80,16 @@ class HeldClaims:
             while not previous.wait(_WAIT_SLICE):
                 if self._closed:
                     raise ClaimReleased("shutting down: handed back before its final dot")
+                self._check_lease()
+        self._check_lease()
         with self._lock:
             if self._closed:
                 raise ClaimReleased("shutting down: handed back before its final dot")
             self._past_dot = True
+
+    def _check_lease(self) -> None:
+        if self._clock() >= self._dot_deadline:
+            raise LeaseRunningOut("the lease ends before the final dot could go")
 
     @property
     def released(self) -> bool:

@@ -35,7 +35,7 @@ from service.errors import (
     ShuttingDown,
     TemporaryDeliveryError,
 )
-from service.held_claims import HeldClaims
+from service.held_claims import HeldClaims, LeaseRunningOut
 from service.outcome_writer import OutcomeWriter
 from service.retry import RetryPolicy
 from service.types import ClaimedMessage, Outcome, Sender, SenderFactory
@@ -122,7 +122,7 @@ class MailQueueWorker:
             log.exception("database unavailable at start; the scheduler will retry")
         self._writer.start()
         for n in range(self._settings.worker_concurrency):
-            held = HeldClaims()
+            held = HeldClaims(self._clock)
             self._held.append(held)
             thread = threading.Thread(
                 target=self._deliver_loop,
@@ -237,10 +237,12 @@ class MailQueueWorker:
             return
         finally:
             self._work.claimed(ids, len(claimed))
-        held.load(claimed)
-        # Send only while at least half the lease is left, so that a send never
-        # overlaps the moment the scheduler may hand the message to someone else.
-        lease_end = self._clock() + self._settings.lease_seconds / 2
+        # Start a send only while at least half the lease is left, and let its dot go
+        # only before nine tenths: a send never overlaps the moment the scheduler (or
+        # another instance) may hand the message to someone else.
+        now, lease = self._clock(), self._settings.lease_seconds
+        held.load(claimed, dot_deadline=now + lease * 0.9)
+        lease_end = now + lease / 2
         try:
             while (message := held.next()) is not None:
                 if self._stopping.is_set():
@@ -251,7 +253,13 @@ class MailQueueWorker:
                     # hand the rest back rather than risk a duplicate.
                     self._unclaim([message, *held.rest()])
                     return
-                outcome = self._attempt(message, sender, held)
+                try:
+                    outcome = self._attempt(message, sender, held)
+                except LeaseRunningOut:
+                    # Still claimed: it comes back when its lease expires.
+                    log.warning("abandoned %s before its final dot: lease ran out", message.id)
+                    self._work.landed(1)
+                    continue
                 if outcome is not None:
                     held.after(self._writer.submit(outcome))
         finally:
@@ -267,6 +275,8 @@ class MailQueueWorker:
         rejected = []
         try:
             rejected = list(sender.send(message.rendered, held.before_dot).rejected)
+        except LeaseRunningOut:
+            raise
         except ClaimReleased:
             return None
         except DeliveryError as exc:

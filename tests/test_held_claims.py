@@ -7,10 +7,12 @@ import threading
 import pytest
 
 from service.errors import ClaimReleased
-from service.held_claims import HeldClaims
+from service.held_claims import HeldClaims, LeaseRunningOut
 from service.types import ClaimedMessage, RenderedMessage
 
 pytestmark = pytest.mark.unit
+
+FAR = float("inf")
 
 
 def claimed(n: int) -> list[ClaimedMessage]:
@@ -20,14 +22,14 @@ def claimed(n: int) -> list[ClaimedMessage]:
 
 def test_messages_come_one_at_a_time_in_claim_order() -> None:
     held = HeldClaims()
-    held.load(claimed(3))
+    held.load(claimed(3), dot_deadline=FAR)
     assert [held.next().id, held.next().id, held.next().id] == ["m0", "m1", "m2"]  # type: ignore[union-attr]
     assert held.next() is None
 
 
 def test_take_back_returns_the_current_message_before_its_dot_and_the_rest() -> None:
     held = HeldClaims()
-    held.load(claimed(3))
+    held.load(claimed(3), dot_deadline=FAR)
     assert held.next() is not None  # m0, in its envelope
     assert [m.id for m in held.take_back()] == ["m1", "m2", "m0"]
     with pytest.raises(ClaimReleased):
@@ -38,7 +40,7 @@ def test_take_back_returns_the_current_message_before_its_dot_and_the_rest() -> 
 
 def test_a_message_past_its_dot_is_not_taken_back() -> None:
     held = HeldClaims()
-    held.load(claimed(2))
+    held.load(claimed(2), dot_deadline=FAR)
     held.next()
     held.before_dot()
     assert [m.id for m in held.take_back()] == ["m1"]
@@ -46,7 +48,7 @@ def test_a_message_past_its_dot_is_not_taken_back() -> None:
 
 def test_the_dot_waits_for_the_previous_outcome() -> None:
     held = HeldClaims()
-    held.load(claimed(2))
+    held.load(claimed(2), dot_deadline=FAR)
     held.next()
     held.before_dot()
     written = threading.Event()
@@ -63,7 +65,7 @@ def test_the_dot_waits_for_the_previous_outcome() -> None:
 
 def test_a_dot_waiting_for_its_previous_outcome_is_released_by_take_back() -> None:
     held = HeldClaims()
-    held.load(claimed(2))
+    held.load(claimed(2), dot_deadline=FAR)
     held.next()
     held.before_dot()
     held.after(threading.Event())  # never written (the database is away)
@@ -85,8 +87,22 @@ def test_a_dot_waiting_for_its_previous_outcome_is_released_by_take_back() -> No
 
 def test_rest_leaves_the_current_message_and_keeps_the_holder_open() -> None:
     held = HeldClaims()
-    held.load(claimed(3))
+    held.load(claimed(3), dot_deadline=FAR)
     held.next()
     assert [m.id for m in held.rest()] == ["m1", "m2"]
     assert not held.released
     held.before_dot()
+
+
+def test_a_dot_that_would_go_after_the_lease_deadline_is_abandoned() -> None:
+    now = [100.0]
+    held = HeldClaims(clock=lambda: now[0])
+    held.load(claimed(2), dot_deadline=110.0)
+    held.next()
+    held.before_dot()
+    held.after(threading.Event())  # the previous outcome is never written
+    held.next()
+    now[0] = 110.0
+    with pytest.raises(LeaseRunningOut):
+        held.before_dot()
+    assert not held.released  # the message stays claimed; its lease decides

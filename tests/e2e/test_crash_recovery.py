@@ -309,3 +309,30 @@ def test_a_second_process_with_the_same_instance_id_refuses_to_start(
     ]
     other = service_factory({**env, "INSTANCE_ID": "worker-2"})
     other.start()  # another name on the same database is another instance
+
+
+def test_a_sync_send_cut_by_sigkill_is_failed_by_the_next_start_at_once(
+    database: str, service_factory: Callable[..., ServiceProcess]
+) -> None:
+    """Never finished in the background (its caller got no 200), and not left in
+    `sending` for a lease either: the restart records that nobody knows."""
+    blocked = FaultRule(stage="mail", action="delay", delay=300)
+    with FakeSMTPServer(faults=[blocked]) as smtp:
+        first = service_factory(service_env(database, smtp.port))
+        first.start()
+
+        def post_sync() -> None:
+            with contextlib.suppress(httpx.TransportError), first.client() as client:
+                client.post("/send", json={"to": "sync@example.com", "body": "x"})
+
+        in_flight = threading.Thread(target=post_sync, daemon=True)
+        in_flight.start()
+        wait_connections(smtp, 1)
+        wait_until(lambda: count_status(database, "sending") == 1, what="sync row stored")
+        first.kill()
+        in_flight.join(10)
+        smtp.clear_faults()
+        service_factory(service_env(database, smtp.port), port=first.port).start()
+        assert count_status(database, "sending") == 0
+        assert count_status(database, "failed") == 1
+        assert smtp.messages() == []
