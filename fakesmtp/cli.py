@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not offer SMTPUTF8 (as many relays), to test non-ASCII addresses",
     )
+    add(
+        "--no-pipelining",
+        dest="pipelining",
+        action="store_false",
+        help="do not offer PIPELINING, to test a client's one-command-at-a-time path",
+    )
     add("--log-level", default="WARNING", help="logging level (default WARNING)")
     return parser
 

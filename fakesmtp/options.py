@@ -27,7 +27,8 @@ class ServerOptions:
     :class:`RateLimit`; over it MAIL gets ``rate_limit_code``, 451 or 421.
     ``max_per_connection``: 421 and close after that many messages on one
     connection. ``blackhole``: accept with 250 and keep nothing.
-    ``smtputf8=False``: do not offer SMTPUTF8, as many relays. ``clock`` and
+    ``smtputf8=False``: do not offer SMTPUTF8, as many relays. ``pipelining=False``:
+    do not offer PIPELINING (RFC 2920), as a few old relays. ``clock`` and
     ``sleep``: for tests that must not wait in real time.
     """
 
@@ -52,6 +53,7 @@ class ServerOptions:
     max_per_connection: int | None = None
     blackhole: bool = False
     smtputf8: bool = True
+    pipelining: bool = True
     clock: Clock = time.monotonic
     sleep: Callable[[float], Awaitable[Any]] | None = None
 

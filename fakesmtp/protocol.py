@@ -65,6 +65,7 @@ class ServerState:
     latency: float = 0.0
     implicit_tls: bool = False
     blackhole: bool = False
+    pipelining: bool = True
     max_per_connection: int | None = None
     greylist: Greylist | None = None
     rate_limit: TokenBucket | None = None
@@ -224,6 +225,11 @@ class FakeHandler:
             # EHLO's hook answers with the reply lines, none when dropped.
             return [reply] if reply else []
         session.host_name = hostname
+        if self.state.pipelining:
+            # aiosmtpd reads and answers one command at a time from its stream, so a
+            # client's pipelined batch is answered in order (RFC 2920); it just does
+            # not say so.
+            responses.insert(len(responses) - 1, "250-PIPELINING")
         return responses
 
     async def handle_AUTH(

@@ -250,6 +250,7 @@ def _new_state(options: ServerOptions) -> ServerState:
         latency=options.latency,
         implicit_tls=options.implicit_tls,
         blackhole=options.blackhole,
+        pipelining=options.pipelining,
         max_per_connection=options.max_per_connection,
         greylist=Greylist(options.greylist, clock) if options.greylist is not None else None,
         rate_limit=TokenBucket(options.limit, clock) if options.limit is not None else None,

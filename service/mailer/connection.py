@@ -37,6 +37,11 @@ class SMTPConnection:
 
     A successful transaction leaves the server ready for the next MAIL (RFC 5321
     4.1.1.4), so RSET is sent only after a failed one, saving a round trip per message.
+
+    Where the relay offers PIPELINING (RFC 2920), MAIL, every RCPT and DATA go in
+    one write and their replies are read in order (an RSET owed by a failed
+    transaction goes first in the same write): two round trips per message, the
+    envelope's and the final dot's, instead of three plus one per recipient.
     """
 
     def __init__(
@@ -51,6 +56,7 @@ class SMTPConnection:
         self._ssl_context = ssl_context
         self._smtp: BoundedSMTP | None = None
         self._messages = 0  # transactions on the current session
+        self._rset_owed = False  # a failed transaction to clear, pipelined with the next
         self._last_used = 0.0
         self.connections_opened = 0  # for tests and metrics
 
@@ -111,11 +117,13 @@ class SMTPConnection:
         return smtp
 
     def _drop(self) -> None:
+        self._rset_owed = False
         if self._smtp is not None:
             self._smtp.close()
             self._smtp = None
 
     def _quit(self) -> None:
+        self._rset_owed = False
         smtp, self._smtp = self._smtp, None
         if smtp is None:
             return
@@ -147,6 +155,9 @@ class SMTPConnection:
             # 421: the server is closing the channel (RFC 5321 3.8).
             self._drop()
             return
+        if smtp.has_extn("pipelining"):
+            self._rset_owed = True  # sent with the next envelope, no round trip of its own
+            return
         try:
             rset_code, _ = smtp.rset()
         except Exception:
@@ -175,6 +186,8 @@ class SMTPConnection:
             options.append(f"SIZE={len(message.data)}")
 
         self._messages += 1
+        if smtp.has_extn("pipelining"):
+            return self._pipelined(smtp, message, options, reused, before_dot)
         try:
             code, reply = smtp.mail(message.mail_from, options)
         except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
@@ -212,6 +225,79 @@ class SMTPConnection:
         except smtplib.SMTPDataError as exc:  # DATA itself refused (not 354)
             self._after_failure(smtp, exc.smtp_code)
             raise classify(exc) from exc
+        if code != 250:
+            self._after_failure(smtp, code)
+            raise classify(smtplib.SMTPDataError(code, reply))
+        return SendResult(rejected=rejected)
+
+    def _pipelined(
+        self,
+        smtp: BoundedSMTP,
+        message: RenderedMessage,
+        options: list[str],
+        reused: bool,
+        before_dot: Callable[[], None] | None,
+    ) -> SendResult:
+        """The transaction in two round trips (RFC 2920): MAIL, RCPTs and DATA in one
+        write, replies matched in order; then the body and its final dot."""
+        commands = ["RSET"] if self._rset_owed else []
+        extra = "".join(f" {option}" for option in options)
+        commands.append(f"MAIL FROM:{smtplib.quoteaddr(message.mail_from)}{extra}")
+        commands += [f"RCPT TO:{smtplib.quoteaddr(rcpt)}" for rcpt in message.rcpt_tos]
+        commands.append("DATA")
+        batch = "".join(f"{command}\r\n" for command in commands)
+        if batch.count("\n") != len(commands) or "\r" in batch.replace("\r\n", ""):
+            raise PermanentDeliveryError("an envelope address contains a line break")
+        smtp.command_encoding = "utf-8" if message.smtputf8 else "ascii"
+        try:
+            smtp.send(batch)
+            first = smtp.getreply()
+        except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
+            # Nothing of this message was taken: a session the server dropped while
+            # idle costs no attempt (see send()).
+            if reused:
+                raise _StaleConnection from exc
+            raise
+        if self._rset_owed:
+            self._rset_owed = False
+            if first[0] != 250:
+                raise _StaleConnection from smtplib.SMTPResponseException(*first)
+            first = smtp.getreply()
+        code, reply = first
+        if code == 421 and reused:
+            raise _StaleConnection from smtplib.SMTPSenderRefused(code, reply, message.mail_from)
+        if code == 421:
+            self._drop()
+            raise classify(smtplib.SMTPSenderRefused(code, reply, message.mail_from))
+        replies: list[tuple[int, bytes]] = []
+        for rcpt in message.rcpt_tos:
+            replies.append(smtp.getreply())
+            if replies[-1][0] == 421:  # closing: no more replies will come
+                self._drop()
+                raise classify(smtplib.SMTPResponseException(*replies[-1]), rcpt)
+        data_code, data_reply = smtp.getreply()
+        if data_code == 354 and (code != 250 or all(c not in (250, 251) for c, _ in replies)):
+            # The relay opened DATA for a transaction it refused: end the session
+            # rather than send it an empty message.
+            self._drop()
+        if code != 250:
+            self._after_failure(smtp, code)
+            raise classify(smtplib.SMTPSenderRefused(code, reply, message.mail_from))
+        rejected: list[RejectedRecipient] = []
+        for rcpt, (rcpt_code, rcpt_reply) in zip(message.rcpt_tos, replies, strict=True):
+            if rcpt_code not in (250, 251):
+                rejected.append(RejectedRecipient(rcpt, rcpt_code, reply_text(rcpt_reply)))
+        if len(rejected) == len(message.rcpt_tos):
+            self._after_failure(smtp, 0)
+            raise classify(
+                smtplib.SMTPRecipientsRefused(
+                    {r.recipient: (r.code, r.message.encode()) for r in rejected}
+                )
+            )
+        if data_code != 354:
+            self._after_failure(smtp, data_code)
+            raise classify(smtplib.SMTPDataError(data_code, data_reply))
+        code, reply = smtp.send_body(message.data, before_dot)
         if code != 250:
             self._after_failure(smtp, code)
             raise classify(smtplib.SMTPDataError(code, reply))

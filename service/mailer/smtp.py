@@ -123,15 +123,22 @@ class BoundedSMTP(smtplib.SMTP):
     def data(  # type: ignore[override]
         self, msg: bytes, before_dot: Callable[[], None] | None = None
     ) -> tuple[int, bytes]:
-        """smtplib's DATA, with `before_dot` called between the 354 and the body.
-
-        If it raises, the socket is closed with the body unsent: a relay discards
-        a transaction whose final dot never came (RFC 5321 4.1.1.4).
-        """
+        """smtplib's DATA, with `before_dot` called between the 354 and the body."""
         self.putcmd("data")
         code, reply = self.getreply()
         if code != 354:
             raise smtplib.SMTPDataError(code, reply)
+        return self.send_body(msg, before_dot)
+
+    def send_body(
+        self, msg: bytes, before_dot: Callable[[], None] | None = None
+    ) -> tuple[int, bytes]:
+        """After a 354: the body, dot-stuffed, its final dot, and the relay's reply.
+
+        `before_dot` is called first; if it raises, the socket is closed with the
+        body unsent: a relay discards a transaction whose final dot never came
+        (RFC 5321 4.1.1.4).
+        """
         if before_dot is not None:
             try:
                 before_dot()

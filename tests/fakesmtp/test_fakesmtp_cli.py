@@ -168,7 +168,8 @@ def test_cli_arguments_become_one_server_options(tmp_path: Path) -> None:
     args = build_parser().parse_args(
         ["--host", "::1", "--port", "0", "--http-port", "auto", "--self-signed", "--require-tls",
          "--rate-limit", "10/m", "--rate-limit-code", "421", "--max-per-connection", "3",
-         "--fault", "rcpt:reply:451", "--fault", "message:disconnect", "--no-smtputf8"]
+         "--fault", "rcpt:reply:451", "--fault", "message:disconnect", "--no-smtputf8",
+         "--no-pipelining"]
     )  # fmt: skip
     options = server_options(args, str(tmp_path))
     assert (options.host, options.port, options.http_port) == ("::1", 0, 0)
@@ -181,3 +182,4 @@ def test_cli_arguments_become_one_server_options(tmp_path: Path) -> None:
     assert options.max_per_connection == 3
     assert [rule.stage for rule in options.faults] == ["rcpt", "message"]
     assert options.smtputf8 is False
+    assert options.pipelining is False

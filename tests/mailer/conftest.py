@@ -8,11 +8,19 @@ from collections.abc import Iterator
 
 import pytest
 
+from fakesmtp import FakeSMTPServer
 from fakesmtp.certs import make_self_signed
-from fakesmtp.pytest_plugin import fakesmtp, fakesmtp_factory
+from fakesmtp.pytest_plugin import FakeSMTPFactory, fakesmtp_factory
 from tests.mailer.helpers import Handler, RawServer
 
 __all__ = ["fakesmtp", "fakesmtp_factory"]
+
+
+@pytest.fixture(params=["pipelining", "one-at-a-time"])
+def fakesmtp(request: pytest.FixtureRequest, fakesmtp_factory: FakeSMTPFactory) -> FakeSMTPServer:
+    """fakesmtp offering PIPELINING (the client's two-round-trip path), and not (one
+    command per round trip): every connection test runs against both."""
+    return fakesmtp_factory(pipelining=request.param == "pipelining")
 
 
 @pytest.fixture(scope="module")

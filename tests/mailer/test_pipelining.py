@@ -1,0 +1,106 @@
+"""PIPELINING (RFC 2920): the envelope in one write, replies matched in order, an
+owed RSET sent with the next envelope. Round trips are counted as the client's
+writes that wait for a reply: two per message where the relay pipelines."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fakesmtp import FakeSMTPServer, FaultRule
+from fakesmtp.pytest_plugin import FakeSMTPFactory
+from service.mailer import PermanentDeliveryError, RejectedRecipient, SMTPConnection
+from service.mailer import smtp as mailer_smtp
+from tests.mailer.helpers import message, settings_for
+
+pytestmark = pytest.mark.unit
+
+RECIPIENTS = ["a@example.com", "b@example.com", "c@example.com"]
+
+
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every write the client makes, as bytes."""
+    seen: list[bytes] = []
+    real = mailer_smtp.BoundedSMTP.send
+
+    def send(self: mailer_smtp.BoundedSMTP, data: Any) -> None:
+        seen.append(data if isinstance(data, bytes) else data.encode(self.command_encoding))
+        real(self, data)
+
+    monkeypatch.setattr(mailer_smtp.BoundedSMTP, "send", send)
+    return seen
+
+
+@contextlib.contextmanager
+def opened(server: FakeSMTPServer, writes: list[bytes]) -> Iterator[SMTPConnection]:
+    """A connection with its session open, the writes of opening it forgotten."""
+    connection = SMTPConnection(settings_for(server))
+    assert connection.offers("pipelining") is server.options.pipelining
+    writes.clear()  # EHLO and friends: the session's, not a message's
+    yield connection
+    connection.close()
+
+
+def test_a_message_takes_two_writes_where_the_relay_pipelines(
+    fakesmtp_factory: FakeSMTPFactory, writes: list[bytes]
+) -> None:
+    server = fakesmtp_factory(pipelining=True)
+    with opened(server, writes) as connection:
+        connection.send(message(RECIPIENTS))
+        connection.send(message(RECIPIENTS))
+    envelope, body, *rest = writes
+    assert envelope.split(b"\r\n")[:-1] == [
+        envelope.split(b"\r\n")[0],
+        b"RCPT TO:<a@example.com>",
+        b"RCPT TO:<b@example.com>",
+        b"RCPT TO:<c@example.com>",
+        b"DATA",
+    ]
+    assert envelope.startswith(b"MAIL FROM:<sender@example.com>")
+    assert body.endswith(b"\r\n.\r\n")
+    assert len(rest) == 2 + 1  # the second message, then QUIT
+    assert [sorted(m.rcpt_tos) for m in server.wait_for(2)] == [RECIPIENTS, RECIPIENTS]
+
+
+def test_without_pipelining_every_command_waits_for_its_reply(
+    fakesmtp_factory: FakeSMTPFactory, writes: list[bytes]
+) -> None:
+    server = fakesmtp_factory(pipelining=False)
+    with opened(server, writes) as connection:
+        connection.send(message(RECIPIENTS))
+        assert len(writes) == 1 + len(RECIPIENTS) + 1 + 1  # MAIL, RCPTs, DATA, body
+    server.wait_for(1)
+
+
+def test_partial_refusals_are_matched_to_their_recipients(
+    fakesmtp_factory: FakeSMTPFactory, writes: list[bytes]
+) -> None:
+    server = fakesmtp_factory(pipelining=True)
+    server.add_fault(FaultRule(stage="rcpt", code=550, message="5.1.1 no such user", match="^b@"))
+    with opened(server, writes) as connection:
+        result = connection.send(message(RECIPIENTS))
+    assert result.rejected == [RejectedRecipient("b@example.com", 550, "5.1.1 no such user")]
+    [captured] = server.wait_for(1)
+    assert sorted(captured.rcpt_tos) == ["a@example.com", "c@example.com"]
+
+
+def test_the_rset_a_refusal_owes_goes_with_the_next_envelope(
+    fakesmtp_factory: FakeSMTPFactory, writes: list[bytes]
+) -> None:
+    server = fakesmtp_factory(pipelining=True)
+    server.add_fault(FaultRule(stage="rcpt", code=550, message="5.1.1 nobody", times=1))
+    with opened(server, writes) as connection:
+        with pytest.raises(PermanentDeliveryError, match=r"5\.1\.1 nobody"):
+            connection.send(message(["x@example.com"]))
+        assert connection.is_open  # still usable: the RSET is owed, not lost
+        refused = len(writes)
+        assert refused == 1  # the envelope; the relay refused DATA too, no body went
+        connection.send(message(["y@example.com"]))
+        assert writes[refused].startswith(b"RSET\r\nMAIL FROM:")
+        assert len(writes) == refused + 2
+    [captured] = server.wait_for(1)
+    assert captured.rcpt_tos == ["y@example.com"]
