@@ -290,7 +290,8 @@ def report(
         result.ratio = median(ratios)
         sd = statistics.stdev(ratios) if len(ratios) > 1 else 0.0
         result.notes.append(
-            f"median of the per-round ratios; min {min(ratios):.3f}, max {max(ratios):.3f}, "
+            f"median of the per-round ratios {result.ratio:.3f}; min {min(ratios):.3f}, "
+            f"max {max(ratios):.3f}, "
             f"sd {sd:.3f} over {len(ratios)} rounds"
         )
     else:

@@ -142,6 +142,8 @@ def _services(
         queue_depth=lambda: worker.queue_depth,
         backlog=lambda: worker.backlog,
         oldest_queued_age=lambda: _oldest_queued_age(outbox),
+        connections_open=lambda: worker.connections_open,
+        concurrency_limit=lambda: worker.concurrency.limit,
     )
     rate = settings.rate_limit_per_second
     return Services(

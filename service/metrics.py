@@ -72,14 +72,29 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.connections_open = Gauge(
+            "mail_delivery_connections",
+            "SMTP connections the delivery threads hold open to the relay.",
+            registry=self.registry,
+        )
+        self.concurrency_limit = Gauge(
+            "mail_delivery_concurrency_limit",
+            "Connections the relay may get now (adapts between 1 and WORKER_CONCURRENCY).",
+            registry=self.registry,
+        )
+
     def bind_gauges(
         self,
         *,
         queue_depth: Callable[[], float],
         backlog: Callable[[], float],
         oldest_queued_age: Callable[[], float | None],
+        connections_open: Callable[[], float],
+        concurrency_limit: Callable[[], float],
     ) -> None:
         """Gauges are read when scraped, so they cost nothing on the hot path."""
+        self.connections_open.set_function(connections_open)
+        self.concurrency_limit.set_function(concurrency_limit)
         self.queue_depth.set_function(queue_depth)
         self.backlog.set_function(backlog)
         self.oldest_queued_age.set_function(lambda: oldest_queued_age() or 0.0)

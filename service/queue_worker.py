@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from service.backlog import Backlog
+from service.concurrency import ConcurrencyLimit, is_congestion
 from service.errors import (
     ClaimReleased,
     DatabaseUnavailable,
@@ -100,6 +101,8 @@ class MailQueueWorker:
         self._last_full_pass: float | None = None  # time.monotonic() of the last due query
         self._owner = settings.instance_name
         self._held: list[HeldClaims] = []
+        self.concurrency = ConcurrencyLimit(settings.worker_concurrency)
+        self._senders: list[Sender | None] = [None] * settings.worker_concurrency
         self._writer = OutcomeWriter(
             outbox, on_written=self._recorded, retry_interval=settings.poll_interval
         )
@@ -126,7 +129,7 @@ class MailQueueWorker:
             self._held.append(held)
             thread = threading.Thread(
                 target=self._deliver_loop,
-                args=(held,),
+                args=(n, held),
                 name=f"mail-delivery-{n}",
                 daemon=True,  # a send stuck past the grace period must not block exit
             )
@@ -190,23 +193,34 @@ class MailQueueWorker:
 
     # -- delivery threads -----------------------------------------------------------
 
-    def _deliver_loop(self, held: HeldClaims) -> None:
+    @property
+    def connections_open(self) -> int:
+        """Delivery connections open now (a gauge: read without a lock)."""
+        return sum(1 for sender in self._senders if sender is not None and sender.is_open)
+
+    def _deliver_loop(self, slot: int, held: HeldClaims) -> None:
         sender: Sender | None = None
         try:
             while not self._stopping.is_set():
+                if not self.concurrency.admits(slot):
+                    # Over the relay's limit for now: park, with no connection open.
+                    self._close_sender(sender)
+                    sender = self._senders[slot] = None
+                    self.concurrency.wait_admitted(slot, _GET_TIMEOUT)
+                    continue
                 ids = self._work.take(self._batch_size, _GET_TIMEOUT)
                 if not ids:
                     continue
                 try:
                     if sender is None:
-                        sender = self._sender_factory()
+                        sender = self._senders[slot] = self._sender_factory()
                     self._deliver_batch(ids, held, sender)
                 except Exception:
                     # Never let a thread die: whatever was claimed and not recorded
                     # comes back when its lease expires; a fresh sender next time.
                     log.exception("delivery batch failed")
                     self._close_sender(sender)
-                    sender = None
+                    sender = self._senders[slot] = None
                     self._stopping.wait(self._settings.poll_interval)
                 finally:
                     self._work.forget(ids)
@@ -288,6 +302,10 @@ class MailQueueWorker:
             error = TemporaryDeliveryError(f"internal error: {type(exc).__name__}")
         if error is not None and held.released:
             return None  # refused in its envelope after stop() had handed it back
+        if error is None:
+            self.concurrency.delivered(backlog=self._work.depth > 0)
+        elif is_congestion(error):
+            self.concurrency.congested()
         decision = self._retry.decide(message.attempt, error)
         retry_at = self._clock() + decision.delay if decision.action == "retry" else None
         if error is not None:

@@ -829,3 +829,50 @@ def test_reclaimed_leases_make_the_scheduler_look_at_once(
     clock.advance(31)
     wait_until(lambda: status(outbox, orphan.id) == ("sent", 2), what="reclaimed and sent")
     assert calls
+
+
+# -- adaptive concurrency -----------------------------------------------------------------
+
+
+def test_connections_grow_from_a_few_to_worker_concurrency_while_a_backlog_waits(
+    harness: Harness,
+) -> None:
+    worker, outbox = harness.worker(worker_concurrency=8)
+    messages = [new_message() for _ in range(300)]
+    for message in messages:
+        outbox.insert(message)
+    assert worker.concurrency.limit == 4  # a few to begin with
+    worker.start()
+    harness.smtp.wait_for(300)
+    wait_until(lambda: outbox.count_unfinished() == 0, what="all recorded")
+    assert worker.concurrency.limit == 8
+    assert 4 < harness.smtp.stats()["connections"] <= 8
+    assert max(harness.received().values()) == 1
+
+
+def test_a_relay_refusing_connections_halves_the_limit_and_mail_still_flows(
+    harness: Harness,
+) -> None:
+    harness.smtp.add_fault(FaultRule(stage="connect", code=421, message="4.7.0 too many", times=3))
+    worker, outbox = harness.worker(worker_concurrency=8, smtp_backoff_base=0.0)
+    messages = [new_message() for _ in range(40)]
+    for message in messages:
+        outbox.insert(message)
+    limits: list[int] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.005):
+            limits.append(worker.concurrency.limit)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        worker.start()
+        wait_until(lambda: outbox.count_unfinished() == 0, what="all delivered")
+    finally:
+        done.set()
+        sampler.join()
+    assert min(limits) <= 2  # 4 halved (once per event, however many threads saw it)
+    assert set(harness.received().values()) == {1}
+    assert len(harness.received()) == 40
