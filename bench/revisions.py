@@ -407,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--messages", type=int, default=20000)
     p.add_argument("--keep", type=Path, help="keep logs here")
+    p.add_argument("--only", choices=("accept", "drain"), help="run one of the two")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
         "--simultaneous",
@@ -430,23 +431,19 @@ def main(argv: list[str] | None = None) -> int:
         # `python -m` puts the working directory first on sys.path: run where no
         # checkout is, so that each interpreter imports its own.
         os.chdir(work)
-        with off_the_services(args.simultaneous):
-            rates, cpu = accept_phase(args, python, work, logs)
-        snapshot = work / "backlog.db"
-        build_backlog(logs, snapshot, args.messages)  # untimed: both CPUs
-        with off_the_services(args.simultaneous):
-            drains, whole = drain_phase(args, python, work, snapshot, logs)
-    both = "both at once, " if args.simultaneous else ""
-    accept_notes = [paired_note("CPU per request", cpu, "us", inverse=True)]
-    accept = report(
-        "accept",
-        f"/send_async req/s ({both}median)",
-        rates,
-        load_before,
-        accept_notes,
-        args.simultaneous,
-    )
-    code = finish(accept, None)
+        if args.only != "drain":
+            with off_the_services(args.simultaneous):
+                rates, cpu = accept_phase(args, python, work, logs)
+        if args.only != "accept":
+            snapshot = work / "backlog.db"
+            build_backlog(logs, snapshot, args.messages)  # untimed: both CPUs
+            with off_the_services(args.simultaneous):
+                drains, whole = drain_phase(args, python, work, snapshot, logs)
+    code = 0
+    if args.only != "drain":
+        code = accept_report(args, rates, cpu, load_before)
+    if args.only == "accept":
+        return code
     drain_notes = []
     if args.simultaneous:
         drain_notes.append(
@@ -458,6 +455,25 @@ def main(argv: list[str] | None = None) -> int:
     metric = f"msgs/s delivering {args.messages} ({both}median)"
     drain = report("drain", metric, drains, load_before, drain_notes, args.simultaneous)
     return max(code, finish(drain, args.json))
+
+
+def accept_report(
+    args: argparse.Namespace,
+    rates: dict[str, list[float]],
+    cpu: dict[str, list[float]],
+    load_before: str,
+) -> int:
+    both = "both at once, " if args.simultaneous else ""
+    accept_notes = [paired_note("CPU per request", cpu, "us", inverse=True)]
+    accept = report(
+        "accept",
+        f"/send_async req/s ({both}median)",
+        rates,
+        load_before,
+        accept_notes,
+        args.simultaneous,
+    )
+    return finish(accept, args.json if args.only == "accept" else None)
 
 
 if __name__ == "__main__":

@@ -39,8 +39,11 @@ class LeaseRunningOut(ClaimReleased):
 class HeldClaims:
     """Thread-safe: the delivery thread and stop() share it."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.time, hurry: Callable[[], None] = lambda: None
+    ) -> None:
         self._clock = clock
+        self._hurry = hurry  # asks the writer to write now (AcceptanceWriter.hurry)
         self._dot_deadline = float("inf")
         self._lock = threading.Lock()
         self._waiting: deque[ClaimedMessage] = deque()
@@ -76,7 +79,8 @@ class HeldClaims:
         """The Sender's gate (service.types.Sender.send). Raises ClaimReleased when
         stop() took the message back first."""
         previous = self._previous
-        if previous is not None:
+        if previous is not None and not previous.is_set():
+            self._hurry()
             while not previous.wait(_WAIT_SLICE):
                 if self._closed:
                     raise ClaimReleased("shutting down: handed back before its final dot")

@@ -3,7 +3,7 @@
 A delivery thread takes one id from the WorkQueue (blocking, with a timeout so
 that stop() is noticed), then a few more that are already waiting, claims them
 in one statement under this instance's name (INSTANCE_ID) and sends each over
-its own persistent connection. Each outcome goes to the OutcomeWriter as soon as
+its own persistent connection. Each outcome goes to the AcceptanceWriter as soon as
 the relay answers; the next message's envelope goes at once, and its final dot
 only once that outcome is written (HeldClaims), so a crash re-sends at most one
 message per connection. A temporary failure puts the message back in the
@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from service.acceptance_writer import AcceptanceWriter
 from service.backlog import Backlog
 from service.concurrency import ConcurrencyLimit, is_congestion
 from service.errors import (
@@ -37,7 +38,6 @@ from service.errors import (
     TemporaryDeliveryError,
 )
 from service.held_claims import HeldClaims, LeaseRunningOut
-from service.outcome_writer import OutcomeWriter
 from service.retry import RetryPolicy
 from service.types import ClaimedMessage, Outcome, Sender, SenderFactory
 from service.work_queue import WorkQueue
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 # How many ids a delivery thread claims at once: one commit per batch for the
 # claims. (Outcomes are written per message, grouped across threads by the
-# OutcomeWriter.)
+# AcceptanceWriter.)
 DEFAULT_BATCH_SIZE = 8
 # How long a delivery thread blocks on the queue before looking at the stop flag.
 _GET_TIMEOUT = 0.1
@@ -103,8 +103,10 @@ class MailQueueWorker:
         self._held: list[HeldClaims] = []
         self.concurrency = ConcurrencyLimit(settings.worker_concurrency)
         self._senders: list[Sender | None] = [None] * settings.worker_concurrency
-        self._writer = OutcomeWriter(
-            outbox, on_written=self._recorded, retry_interval=settings.poll_interval
+        self._writer = AcceptanceWriter(
+            outbox,
+            retry_interval=settings.poll_interval,
+            group=lambda: self.concurrency.limit,
         )
 
     # -- life cycle -------------------------------------------------------------
@@ -125,7 +127,7 @@ class MailQueueWorker:
             log.exception("database unavailable at start; the scheduler will retry")
         self._writer.start()
         for n in range(self._settings.worker_concurrency):
-            held = HeldClaims(self._clock)
+            held = HeldClaims(self._clock, self._writer.hurry)
             self._held.append(held)
             thread = threading.Thread(
                 target=self._deliver_loop,
@@ -160,8 +162,8 @@ class MailQueueWorker:
                 ", ".join(stuck),
                 len(back),
             )
-        # The outcomes of messages the relay took must be written whatever the grace
-        # left: otherwise the next start sends them again.
+        # The acceptances of messages the relay took must be written whatever the
+        # grace left: otherwise the next start sends them again.
         self._writer.stop(max(1.0, deadline - time.monotonic()))
         self._work.clear()
 
@@ -237,7 +239,8 @@ class MailQueueWorker:
             log.exception("closing an SMTP sender failed")
 
     def _deliver_batch(self, ids: list[str], held: HeldClaims, sender: Sender) -> None:
-        """Claim `ids` and send them one by one, each outcome handed to the writer."""
+        """Claim `ids`, send them, then keep going while the queue has more: each
+        batch's outcomes are written in the same transaction that claims the next."""
         if self._stopping.is_set():
             return
         claimed: list[ClaimedMessage] = []
@@ -251,34 +254,75 @@ class MailQueueWorker:
             return
         finally:
             self._work.claimed(ids, len(claimed))
+        while claimed:
+            next_claimed: list[ClaimedMessage] = []
+            try:
+                next_claimed = self._send_claimed(claimed, held, sender)
+            finally:
+                self._work.landed(len(claimed))
+            claimed = next_claimed
+
+    def _send_claimed(
+        self, claimed: list[ClaimedMessage], held: HeldClaims, sender: Sender
+    ) -> list[ClaimedMessage]:
+        """Send a claimed batch, each acceptance recorded before the next final dot;
+        record the outcomes and claim the next batch (when one is waiting) together.
+        Returns that next batch, counted in flight."""
         # Start a send only while at least half the lease is left, and let its dot go
         # only before nine tenths: a send never overlaps the moment the scheduler (or
         # another instance) may hand the message to someone else.
         now, lease = self._clock(), self._settings.lease_seconds
         held.load(claimed, dot_deadline=now + lease * 0.9)
         lease_end = now + lease / 2
+        outcomes: list[Outcome] = []
+        unsent: list[ClaimedMessage] = []
+        while (message := held.next()) is not None:
+            if self._stopping.is_set():
+                unsent = held.take_back()  # this message and the rest
+                break
+            if self._clock() >= lease_end:
+                # The lease ran out while earlier ones were sent (a slow relay):
+                # hand the rest back rather than risk a duplicate.
+                unsent = [message, *held.rest()]
+                break
+            try:
+                outcome = self._attempt(message, sender, held)
+            except LeaseRunningOut:
+                # Still claimed: it comes back when its lease expires.
+                log.warning("abandoned %s before its final dot: lease ran out", message.id)
+                continue
+            if outcome is None:
+                continue  # taken back by stop(), which queued it again
+            if outcome.error is None:
+                held.after(self._writer.submit(outcome))
+            outcomes.append(outcome)
+        if unsent or self._stopping.is_set():
+            # No next batch: stopping, or a relay this slow gains nothing from it.
+            self._record(outcomes)
+            self._unclaim(unsent)
+            return []
+        return self._record_and_claim(outcomes)
+
+    def _record_and_claim(self, outcomes: list[Outcome]) -> list[ClaimedMessage]:
+        ids = self._work.take_ready(self._batch_size)
+        if not ids:
+            self._record(outcomes)
+            return []
+        claimed: list[ClaimedMessage] = []
         try:
-            while (message := held.next()) is not None:
-                if self._stopping.is_set():
-                    self._unclaim(held.take_back())  # this message and the rest
-                    return
-                if self._clock() >= lease_end:
-                    # The lease ran out while earlier ones were sent (a slow relay):
-                    # hand the rest back rather than risk a duplicate.
-                    self._unclaim([message, *held.rest()])
-                    return
-                try:
-                    outcome = self._attempt(message, sender, held)
-                except LeaseRunningOut:
-                    # Still claimed: it comes back when its lease expires.
-                    log.warning("abandoned %s before its final dot: lease ran out", message.id)
-                    self._work.landed(1)
-                    continue
-                if outcome is not None:
-                    held.after(self._writer.submit(outcome))
+            claimed = self._outbox.record_and_claim(
+                outcomes, ids, self._owner, self._settings.lease_seconds, acceptances_written=True
+            )
+        except DatabaseUnavailable:
+            # Neither happened. The outcomes must be written (the retrying path);
+            # the ids are offered again by the scheduler, as after a failed claim.
+            log.warning("database unavailable; recording alone, the next batch waits")
+            self._record(outcomes)
+            return []
         finally:
-            # Left by an unexpected error: they stay claimed until their lease ends.
-            self._work.landed(len(held.rest()))
+            self._work.claimed(ids, len(claimed))
+        self._recorded(outcomes)
+        return claimed
 
     def _attempt(self, message: ClaimedMessage, sender: Sender, held: HeldClaims) -> Outcome | None:
         """One attempt of one message, and what the retry policy makes of it; None
@@ -344,8 +388,26 @@ class MailQueueWorker:
                 extra=extra,
             )
 
+    def _record(self, outcomes: Sequence[Outcome]) -> None:
+        """Write the batch's outcomes, retrying while the database is away.
+
+        Giving up would let the leases expire; until stop() has begun this keeps
+        trying (then the take-back decides: an acceptance recorded is sent).
+        """
+        if not outcomes:
+            return
+        while True:
+            try:
+                self._outbox.record_outcomes(outcomes, acceptances_written=True)
+                break
+            except DatabaseUnavailable:
+                log.warning("could not record %d outcome(s); retrying", len(outcomes))
+                if self._stopping.wait(self._settings.poll_interval):
+                    return
+        self._recorded(outcomes)
+
     def _recorded(self, outcomes: Sequence[Outcome]) -> None:
-        """The writer's callback: remember the retries, count the finished."""
+        """Account for written outcomes: remember the retries, count the finished."""
         finished = 0
         for outcome in outcomes:
             if outcome.status == "queued" and outcome.retry_at is not None:
@@ -353,13 +415,11 @@ class MailQueueWorker:
             else:
                 finished += 1
         self._backlog.finish(finished)
-        self._work.landed(len(outcomes))
 
     def _unclaim(self, claimed: Sequence[ClaimedMessage]) -> None:
         """Hand claimed, unsent messages back: queued, due now, offered again."""
         if not claimed:
             return
-        self._work.landed(len(claimed))
         try:
             self._outbox.unclaim(claimed, self._owner)
         except DatabaseUnavailable:

@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from service.db.schema import messages_table
+from service.db.schema import attempts_table, messages_table
 from service.db.statements import attempt_row, rejected_json
 from service.db.store import Store
 from service.types import ClaimedMessage, Outcome, RenderedMessage
@@ -19,6 +19,7 @@ __all__ = ["INTERRUPTED_SYNC_ERROR", "DeliveryWrites"]
 log = logging.getLogger("service.db")
 
 _m = messages_table.c
+_a = attempts_table.c
 
 # What a synchronous row left in `sending` by a dead process becomes: we never
 # finish a sync send in the background, because its caller got no 200 and may
@@ -36,6 +37,44 @@ class DeliveryWrites(Store):
         now = self._clock()
         with self._driver() as cursor:
             return self._claim_in(cursor, ids, owner, lease_seconds, now)
+
+    def record_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        ids: Sequence[str],
+        owner: str,
+        lease_seconds: float,
+        *,
+        acceptances_written: bool = False,
+    ) -> list[ClaimedMessage]:
+        """record_outcomes() and then claim(), in one transaction: one commit per
+        batch on the delivery path instead of two.
+
+        Either both happen or neither (DatabaseUnavailable): the claimed rows are
+        in `sending` under a lease exactly as after claim().
+        """
+        if not outcomes:
+            return self.claim(ids, owner, lease_seconds)
+        now = self._clock()
+        with self._driver() as cursor:
+            self._record_in(cursor, outcomes, now, acceptances_written)
+            if not ids:
+                return []
+            return self._claim_in(cursor, ids, owner, lease_seconds, now)
+
+    def record_acceptances(self, outcomes: Sequence[Outcome]) -> None:
+        """The relay took these messages: their `sent` attempt rows, one small
+        transaction (one table page, no message row or index touched), written
+        before each connection's next final dot. The messages' own rows follow
+        with the batch (record_outcomes); until then a take-back finds the attempt
+        and records the message as sent instead of sending it again."""
+        if not outcomes:
+            return
+        now = self._clock()
+        with self._driver() as cursor:
+            cursor.executemany(
+                self._attempt.sql, [self._attempt.params(attempt_row(o, now)) for o in outcomes]
+            )
 
     def _claim_in(
         self, cursor: Any, ids: Sequence[str], owner: str, lease_seconds: float, now: float
@@ -95,7 +134,9 @@ class DeliveryWrites(Store):
             result = conn.execute(statement, params)
         return max(result.rowcount, 0)
 
-    def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+    def record_outcomes(
+        self, outcomes: Sequence[Outcome], *, acceptances_written: bool = False
+    ) -> None:
         """Write statuses (sent / failed / queued with retry time) and attempt rows,
         one transaction.
 
@@ -107,9 +148,11 @@ class DeliveryWrites(Store):
             return
         now = self._clock()
         with self._driver() as cursor:
-            self._record_in(cursor, outcomes, now)
+            self._record_in(cursor, outcomes, now, acceptances_written)
 
-    def _record_in(self, cursor: Any, outcomes: Sequence[Outcome], now: float) -> None:
+    def _record_in(
+        self, cursor: Any, outcomes: Sequence[Outcome], now: float, acceptances_written: bool
+    ) -> None:
         updates = []
         for outcome in outcomes:
             error, status = outcome.error, outcome.status
@@ -129,8 +172,15 @@ class DeliveryWrites(Store):
                 )
             )
         cursor.executemany(self._outcome.sql, updates)
-        attempts = [self._attempt.params(attempt_row(o, now)) for o in outcomes]
-        cursor.executemany(self._attempt.sql, attempts)
+        # With acceptances_written, a sent attempt's row is there already
+        # (record_acceptances, before the connection's next final dot).
+        attempts = [
+            self._attempt.params(attempt_row(o, now))
+            for o in outcomes
+            if o.error is not None or not acceptances_written
+        ]
+        if attempts:
+            cursor.executemany(self._attempt.sql, attempts)
 
     def due_ids(self, limit: int) -> list[str]:
         """Ids of async messages that are queued and due now, oldest due first."""
@@ -165,11 +215,26 @@ class DeliveryWrites(Store):
         return self._take_back(mine, now, "left by the previous process")
 
     def _take_back(self, condition: sa.ColumnElement[bool], now: float, why: str) -> int:
-        """Async rows back to queued, due when they were before the claim, so that they
-        go ahead of what was accepted since (the attempt counts: it may have reached
-        the relay); sync rows failed: we never finish a sync send in the background."""
+        """Async rows whose acceptance by the relay was recorded become sent; the
+        other async rows go back to queued, due when they were before the claim, so
+        that they go ahead of what was accepted since (the attempt counts: it may
+        have reached the relay); sync rows fail: we never finish a sync send in the
+        background."""
         released = {"lease_until": None, "owner": None, "updated_at": now}
+        accepted = (
+            sa.select(_a.finished_at)
+            .where(_a.message_id == _m.id, _a.number == _m.attempts, _a.outcome == "sent")
+            .limit(1)
+            .scalar_subquery()
+        )
         with self._tx() as conn:
+            sent = conn.execute(
+                messages_table.update()
+                .where(condition, _m.mode == "async", accepted.is_not(None))
+                .values(
+                    status="sent", sent_at=accepted, last_error=None, last_code=None, **released
+                )
+            ).rowcount
             requeued = conn.execute(
                 messages_table.update()
                 .where(condition, _m.mode == "async")
@@ -180,15 +245,16 @@ class DeliveryWrites(Store):
                 .where(condition, _m.mode == "sync")
                 .values(status="failed", last_error=INTERRUPTED_SYNC_ERROR, **released)
             ).rowcount
-        if requeued or failed:
+        if sent or requeued or failed:
             log.warning(
-                "took back claims (%s): %d async message(s) re-queued, %d sync message(s) "
-                "marked failed",
+                "took back claims (%s): %d async message(s) the relay had taken recorded "
+                "as sent, %d re-queued, %d sync message(s) marked failed",
                 why,
+                sent,
                 requeued,
                 failed,
             )
-        return int(requeued) + int(failed)
+        return int(sent) + int(requeued) + int(failed)
 
     def count_unfinished(self) -> int:
         """Async messages queued or sending (the backlog QUEUE_MAXSIZE bounds)."""

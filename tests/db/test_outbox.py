@@ -177,6 +177,30 @@ def test_take_back_claims_takes_the_named_owners_claims_at_once(
     assert outbox.take_back_claims("test-instance") == 0
 
 
+def test_a_taken_back_claim_whose_acceptance_was_recorded_is_sent_not_sent_again(
+    outbox: Outbox, clock: FakeClock
+) -> None:
+    """The relay's 250 was recorded (record_acceptances) and the crash came before the
+    batch's rows: the take-back records it sent, as a lease expiry does."""
+    accepted, unsent = new_message(), new_message()
+    outbox.insert(accepted)
+    outbox.insert(unsent)
+    outbox.claim([accepted.id, unsent.id], "test-instance", 30)
+    clock.advance(1)
+    outbox.record_acceptances([Outcome(id=accepted.id, attempt=1, started_at=clock())])
+    assert status_of(outbox, accepted.id) == "sending"
+    assert outbox.take_back_claims("test-instance") == 2
+    record = outbox.get(accepted.id)
+    assert record is not None
+    assert (record.status, record.attempts, record.sent_at) == ("sent", 1, clock())
+    assert [a["outcome"] for a in outbox.attempts(accepted.id)] == ["sent"]
+    assert status_of(outbox, unsent.id) == "queued"
+    # Recording the batch afterwards (a late writer) changes nothing and logs no
+    # second attempt.
+    outbox.record_outcomes([Outcome(id=accepted.id, attempt=1)], acceptances_written=True)
+    assert len(outbox.attempts(accepted.id)) == 1
+
+
 def test_take_back_claims_of_everyone_for_a_file_of_ones_own(outbox: Outbox) -> None:
     first, second = new_message(), new_message()
     outbox.insert(first)
