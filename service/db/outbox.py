@@ -4,8 +4,9 @@ Every state change of a message is one SQL statement or one transaction, written
 so that the same text runs on SQLite and PostgreSQL. The hot paths are the
 accept path (`insert_many`: the rows of the requests waiting at that moment in
 one INSERT batch and one COMMIT, see service/group_commit.py) and the delivery
-path (`claim`: a batch in one UPDATE ... RETURNING; `record_acceptances`: the
-outcomes of every delivery thread waiting at that moment, one transaction, see
+path (`record_and_claim`: a batch's outcomes and the next batch's claim, one
+UPDATE ... RETURNING, in one transaction; `record_acceptances`: the relay's 250s
+waiting at that moment, as attempt rows, one small transaction, see
 service/acceptance_writer.py), so a delivery thread spends its time sending, not
 writing. All run on the DBAPI cursor (`statements.DriverStatement`).
 
