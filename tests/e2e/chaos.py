@@ -31,7 +31,7 @@ import sqlalchemy as sa
 
 from fakesmtp import FakeSMTPServer, FaultRule
 from service.db.schema import messages_table
-from tests.e2e.helpers import API_KEY, ServiceProcess, free_port
+from tests.e2e.helpers import API_KEY, ServiceProcess, free_port, statuses
 
 __all__ = ["ChaosResult", "run_chaos"]
 
@@ -149,16 +149,6 @@ def wait_taken_up(database: str, left: dict[str, int], timeout: float) -> float:
             if time.monotonic() - started > timeout:
                 raise AssertionError(f"not taken up again: {rows_of_ids(database, waiting)}")
             time.sleep(0.05)
-    finally:
-        engine.dispose()
-
-
-def statuses(database: str) -> collections.Counter[str]:
-    engine = sa.create_engine(database, poolclass=sa.NullPool)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(sa.text("SELECT status, count(*) FROM messages GROUP BY status"))
-            return collections.Counter({status: int(count) for status, count in rows})
     finally:
         engine.dispose()
 

@@ -24,3 +24,13 @@ def service_factory(tmp_path: Path) -> Iterator[type[ServiceProcess]]:
     finally:
         for service in started:
             service.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The database URL for a service process: a SQLite file, or a fresh PostgreSQL
+    database (the case marked postgres)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'outbox.db'}"
+    url: str = request.getfixturevalue("pg_database_url")
+    return url

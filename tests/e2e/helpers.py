@@ -3,6 +3,7 @@ and `python -m service` on a free port, waited for until it answers /health."""
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import sqlalchemy as sa
 
 API_KEY = "e2e-key-0123456789"
 
@@ -96,3 +98,14 @@ class ServiceProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def statuses(database: str) -> collections.Counter[str]:
+    """How many messages are in each status, read from outside the service."""
+    engine = sa.create_engine(database, poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT status, count(*) FROM messages GROUP BY status"))
+            return collections.Counter({status: int(count) for status, count in rows})
+    finally:
+        engine.dispose()

@@ -18,14 +18,6 @@ TERMS = 2
 CONCURRENCY = 4
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'outbox.db'}"
-    url: str = request.getfixturevalue("pg_database_url")
-    return url
-
-
 def test_random_kills_and_terms_lose_nothing_and_double_only_what_was_in_flight(
     database: str, tmp_path: Path
 ) -> None:

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import sqlalchemy as sa
 
 from fakesmtp import FakeSMTPServer, FaultRule
-from tests.e2e.helpers import API_KEY, ServiceProcess, free_port, python_m
+from tests.e2e.helpers import API_KEY, ServiceProcess, free_port, python_m, statuses
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -29,14 +28,6 @@ LEASE = 60
 # "Within a few seconds of the restart": what the in-flight messages may take,
 # counted from the moment the restarted process answers /health.
 RECOVERY_BOUND = 10.0
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'outbox.db'}"
-    url: str = request.getfixturevalue("pg_database_url")
-    return url
 
 
 def service_env(database: str, smtp_port: int) -> dict[str, str]:
@@ -86,13 +77,7 @@ def wait_delivered(smtp: FakeSMTPServer, message_ids: set[str], timeout: float) 
 
 
 def count_status(database: str, status: str) -> int:
-    engine = sa.create_engine(database, poolclass=sa.NullPool)
-    try:
-        with engine.connect() as conn:
-            query = sa.text("SELECT count(*) FROM messages WHERE status = :status")
-            return int(conn.execute(query, {"status": status}).scalar_one())
-    finally:
-        engine.dispose()
+    return statuses(database)[status]
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from fakesmtp import FakeSMTPServer
 from tests.db.helpers import restart_postgres, wait_for_postgres
-from tests.e2e.helpers import API_KEY, ServiceProcess
+from tests.e2e.helpers import API_KEY, ServiceProcess, statuses
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -173,16 +173,6 @@ def wait_delivered(smtp: FakeSMTPServer, expected: set[str], timeout: float) -> 
         if time.monotonic() > deadline:
             pytest.fail(f"{len(missing)} of {len(expected)} accepted messages never arrived")
         time.sleep(0.2)
-
-
-def statuses(url: str) -> dict[str, int]:
-    engine = sa.create_engine(url, poolclass=sa.NullPool)
-    try:
-        with engine.connect() as conn:
-            rows = conn.exec_driver_sql("SELECT status, count(*) FROM messages GROUP BY status")
-            return {status: count for status, count in rows}
-    finally:
-        engine.dispose()
 
 
 def test_three_instances_deliver_3000_messages_each_exactly_once(
