@@ -3,10 +3,11 @@
 A delivery thread takes one id from the WorkQueue (blocking, with a timeout so
 that stop() is noticed), then a few more that are already waiting, claims them
 in one statement under this instance's name (INSTANCE_ID) and sends each over
-its own persistent connection. Each outcome goes to the AcceptanceWriter as soon as
-the relay answers; the next message's envelope goes at once, and its final dot
-only once that outcome is written (HeldClaims), so a crash re-sends at most one
-message per connection. A temporary failure puts the message back in the
+its own persistent connection. Each relay 250 goes to the AcceptanceWriter at
+once; the next message's envelope goes at once too, and its final dot only once
+that acceptance is recorded (HeldClaims), so a crash re-sends at most one message
+per connection. The batch's outcomes are written in the transaction that claims
+the next batch. A temporary failure puts the message back in the
 database as queued with a retry time (the RetryPolicy's), and the thread goes
 straight on to the next message: no delivery thread ever sleeps through a
 backoff. The scheduler thread re-queues retries when they are due and messages
@@ -51,9 +52,9 @@ __all__ = ["MailQueueWorker", "QueueFull", "Sender", "ShuttingDown"]
 
 log = logging.getLogger(__name__)
 
-# How many ids a delivery thread claims at once: one commit per batch for the
-# claims. (Outcomes are written per message, grouped across threads by the
-# AcceptanceWriter.)
+# How many ids a delivery thread claims at once; their outcomes are written with
+# the claim of the next batch, one commit per batch. (Acceptances are recorded
+# per message, grouped across threads by the AcceptanceWriter.)
 DEFAULT_BATCH_SIZE = 8
 # How long a delivery thread blocks on the queue before looking at the stop flag.
 _GET_TIMEOUT = 0.1
