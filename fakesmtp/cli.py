@@ -49,6 +49,15 @@ def _rate(text: str) -> RateLimit:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    # [::1]:25, as in a URL, for an IPv6 address.
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError("expected HOST:PORT with a port 1-65535")
+    return host, int(port)
+
+
 def _http_port(text: str) -> int | None:
     if text == "auto":
         return 0
@@ -71,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fakesmtp",
         description="A fake SMTP relay that captures mail and fails on purpose.",
         epilog="Fault SPEC: STAGE:ACTION[:ARG[:MESSAGE]][;times=N][;match=REGEX][;p=P], "
-        "e.g. 'rcpt:reply:451:4.7.1 Try later;times=2'. See docs/fakesmtp.md.",
+        "e.g. 'rcpt:reply:451:4.7.1 Try later;times=2' or 'message:bounce:550;match=^nobody@' "
+        "(with --bounce-relay). See docs/fakesmtp.md.",
     )
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -126,6 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
         dest="pipelining",
         action="store_false",
         help="do not offer PIPELINING, to test a client's one-command-at-a-time path",
+    )
+    add(
+        "--no-chunking",
+        dest="chunking",
+        action="store_false",
+        help="do not offer CHUNKING (BDAT), to test a client's DATA path",
+    )
+    add(
+        "--bounce-relay",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="the SMTP server that bounce fault rules send their DSNs through",
     )
     add("--log-level", default="WARNING", help="logging level (default WARNING)")
     return parser

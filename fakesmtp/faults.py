@@ -6,14 +6,17 @@ import math
 import random
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fakesmtp import replies
 
 STAGES = ("connect", "ehlo", "auth", "mail", "rcpt", "data", "message")
-ACTIONS = ("reply", "disconnect", "delay")
+ACTIONS = ("reply", "disconnect", "delay", "bounce")
+
+#: The code a bounce rule reports when it names none, as a mailbox that does not exist.
+DEFAULT_BOUNCE_CODE = 550
 
 
 class FaultSpecError(ValueError):
@@ -27,12 +30,16 @@ class FaultRule:
     ``stage``: connect, ehlo, auth, mail, rcpt, data (the reply to the DATA
     command) or message (the reply after the final dot). ``action``: reply
     (answer ``code`` and ``message`` instead of the normal reply), disconnect
-    (drop the connection without a word) or delay (wait ``delay`` seconds, then
-    carry on normally). ``match`` is a regular expression searched in the
-    sender or any recipient; a rule with ``match`` never fires at connect, ehlo
-    or auth, where no address is known yet. ``times`` is how often the rule
-    fires before it expires (None: for ever); ``probability`` is the chance it
-    fires when it applies, drawn from the server's seeded RNG.
+    (drop the connection without a word), delay (wait ``delay`` seconds, then
+    carry on normally) or bounce (stage message only: accept the message, then
+    send its sender a delivery status notification with ``code`` and
+    ``message``, 550 by default; a 4xx reports a delay, a 5xx a failure).
+    ``match`` is a regular expression searched in the sender or any recipient;
+    a bounce rule searches the recipients only, and bounces those it finds
+    (all of them without ``match``). A rule with ``match`` never fires at
+    connect, ehlo or auth, where no address is known yet. ``times`` is how
+    often the rule fires before it expires (None: for ever); ``probability``
+    is the chance it fires when it applies, drawn from the server's seeded RNG.
     """
 
     stage: str
@@ -54,6 +61,8 @@ class FaultRule:
                 raise FaultSpecError("a reply rule needs an integer code")
             if not 200 <= self.code <= 599:
                 raise FaultSpecError(f"code must be between 200 and 599, not {self.code}")
+        if self.action == "bounce":
+            self._check_bounce()
         if self.message is not None and ("\r" in self.message or "\n" in self.message):
             raise FaultSpecError("message must be one line")
         if (
@@ -81,12 +90,37 @@ class FaultRule:
         ):
             raise FaultSpecError("probability must be between 0 and 1")
 
+    def _check_bounce(self) -> None:
+        if self.stage != "message":
+            # Only after the final dot is there a message to accept and then bounce.
+            raise FaultSpecError(
+                f"a bounce rule belongs to stage message (after the final dot), not {self.stage!r}"
+            )
+        if self.code is None:
+            object.__setattr__(self, "code", DEFAULT_BOUNCE_CODE)
+        if (
+            not isinstance(self.code, int)
+            or isinstance(self.code, bool)
+            or not 400 <= self.code <= 599
+        ):
+            raise FaultSpecError(f"a bounce needs a 4xx or 5xx code, not {self.code!r}")
+
+    @property
+    def text(self) -> str:
+        """The text after the code: the rule's ``message``, else the catalogue's."""
+        assert self.code is not None
+        return self.message if self.message else replies.default_fault_text(self.code)
+
     @property
     def reply_line(self) -> str:
         """The reply a ``reply`` rule sends."""
-        assert self.code is not None
-        text = self.message if self.message else replies.default_fault_text(self.code)
-        return f"{self.code} {text}"
+        return f"{self.code} {self.text}"
+
+    def bounced(self, recipients: Iterable[str]) -> list[str]:
+        """The recipients a bounce rule bounces: those ``match`` finds, all without one."""
+        if self.match is None:
+            return list(recipients)
+        return [r for r in recipients if re.search(self.match, r)]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -129,11 +163,15 @@ class FaultRule:
         """Parse the compact ``--fault`` syntax.
 
         ``STAGE:ACTION[:ARG[:MESSAGE]][;OPTION=VALUE]...`` where ARG is the
-        code for ``reply`` and the seconds for ``delay``; options are
-        ``times=N``, ``match=REGEX`` and ``p=P`` (or ``probability=P``). A
-        literal ``;`` inside the message or the regex is written ``\\;``.
-        Examples: ``rcpt:reply:451:4.7.1 Try later;times=2``,
-        ``message:disconnect;p=0.1``, ``data:delay:2.5;match=@slow\\.example$``.
+        code for ``reply`` and ``bounce`` (optional for a bounce: 550) and the
+        seconds for ``delay``; options are ``times=N``, ``match=REGEX`` and
+        ``p=P`` (or ``probability=P``). A literal ``;`` inside the message or
+        the regex is written ``\\;``. Examples:
+
+        - ``rcpt:reply:451:4.7.1 Try later;times=2``
+        - ``message:disconnect;p=0.1``
+        - ``data:delay:2.5;match=@slow\\.example$``
+        - ``message:bounce:550:5.1.1 No such user;match=^nobody@``
         """
         parts = [p.replace("\\;", ";") for p in re.split(r"(?<!\\);", spec)]
         head, options = parts[0], parts[1:]
@@ -143,10 +181,12 @@ class FaultRule:
         stage, action = fields[0].strip().lower(), fields[1].strip().lower()
         kwargs: dict[str, Any] = {"stage": stage, "action": action}
         arg = fields[2].strip() if len(fields) > 2 else ""
-        if action == "reply":
-            if not arg.isdigit():
-                raise FaultSpecError(f"{spec!r}: a reply needs a numeric code")
-            kwargs["code"] = int(arg)
+        if action in ("reply", "bounce"):
+            # A bounce may leave its code out (550 then); a reply may not.
+            if arg or action == "reply":
+                if not arg.isdigit():
+                    raise FaultSpecError(f"{spec!r}: a {action} needs a numeric code")
+                kwargs["code"] = int(arg)
             if len(fields) > 3 and fields[3].strip():
                 kwargs["message"] = fields[3].strip()
         elif action == "delay":
@@ -244,8 +284,14 @@ class FaultSet:
         with self._lock:
             return [active.to_dict() for active in self._rules]
 
-    def pick(self, stage: str, addresses: Iterable[str] = ()) -> FaultRule | None:
-        """The first rule for ``stage`` that fires now, or None. Expires used-up rules."""
+    def pick(
+        self, stage: str, addresses: Iterable[str] = (), recipients: Sequence[str] = ()
+    ) -> FaultRule | None:
+        """The first rule for ``stage`` that fires now, or None. Expires used-up rules.
+
+        ``addresses`` are what ``match`` is searched in; a bounce rule searches
+        ``recipients`` only, since its ``match`` chooses who bounces.
+        """
         if not self._rules:
             return None
         candidates = None
@@ -257,7 +303,8 @@ class FaultSet:
                 if active.pattern is not None:
                     if candidates is None:
                         candidates = [a for a in addresses if a]
-                    if not any(active.pattern.search(a) for a in candidates):
+                    searched = recipients if rule.action == "bounce" else candidates
+                    if not any(active.pattern.search(a) for a in searched):
                         continue
                 # Draw only for rules that apply, so a seeded run repeats exactly
                 # whatever other traffic the rules ignore.

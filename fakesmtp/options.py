@@ -28,7 +28,10 @@ class ServerOptions:
     ``max_per_connection``: 421 and close after that many messages on one
     connection. ``blackhole``: accept with 250 and keep nothing.
     ``smtputf8=False``: do not offer SMTPUTF8, as many relays. ``pipelining=False``:
-    do not offer PIPELINING (RFC 2920), as a few old relays. ``clock`` and
+    do not offer PIPELINING (RFC 2920), as a few old relays. ``chunking=False``: do
+    not offer CHUNKING (RFC 3030 BDAT), as many relays. ``bounce_relay``:
+    ``(host, port)`` of the SMTP server that ``bounce`` rules send their DSNs
+    through (None: they send none and count a failure). ``clock`` and
     ``sleep``: for tests that must not wait in real time.
     """
 
@@ -54,6 +57,8 @@ class ServerOptions:
     blackhole: bool = False
     smtputf8: bool = True
     pipelining: bool = True
+    chunking: bool = True
+    bounce_relay: tuple[str, int] | None = None
     clock: Clock = time.monotonic
     sleep: Callable[[float], Awaitable[Any]] | None = None
 
@@ -74,6 +79,8 @@ class ServerOptions:
             raise ValueError("rate_limit_code must be 421 or 451")
         if self.greylist is not None and self.greylist < 0:
             raise ValueError("greylist must not be negative")
+        if self.bounce_relay is not None:
+            _check_relay(self.bounce_relay)
         # A generator of rules would be used up by the first server built from it.
         object.__setattr__(self, "faults", tuple(self.faults))
         self.limit  # noqa: B018 - parse a rate_limit string now, so a bad one fails here
@@ -84,3 +91,16 @@ class ServerOptions:
         if isinstance(self.rate_limit, str):
             return RateLimit.parse(self.rate_limit)
         return self.rate_limit
+
+
+def _check_relay(relay: object) -> None:
+    if not (
+        isinstance(relay, tuple)
+        and len(relay) == 2
+        and isinstance(relay[0], str)
+        and relay[0]
+        and isinstance(relay[1], int)
+        and not isinstance(relay[1], bool)
+        and 1 <= relay[1] <= 65535
+    ):
+        raise ValueError(f"bounce_relay must be (host, port) with a port 1-65535, not {relay!r}")

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import hmac
 import logging
 import ssl
 import threading
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import InitVar, dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, AnyStr
 
 from aiosmtpd.smtp import (
@@ -29,8 +31,9 @@ from aiosmtpd.smtp import (
 )
 
 from fakesmtp import replies
+from fakesmtp.bounces import Bouncer
 from fakesmtp.capture import CapturedMessage, MessageStore
-from fakesmtp.faults import FaultSet
+from fakesmtp.faults import FaultRule, FaultSet
 from fakesmtp.policies import Greylist, TokenBucket
 
 if TYPE_CHECKING:
@@ -57,7 +60,8 @@ def abort_transport(transport: asyncio.BaseTransport | None) -> None:
 @dataclass
 class ServerState:
     """Everything the connections of one server share. Mutated on the loop thread only,
-    except ``faults`` and ``store``, which lock for the HTTP API and test threads."""
+    except ``faults`` and ``store``, which lock for the HTTP API and test threads, and
+    ``errors``, which has its own lock."""
 
     store: MessageStore
     faults: FaultSet
@@ -66,11 +70,14 @@ class ServerState:
     implicit_tls: bool = False
     blackhole: bool = False
     pipelining: bool = True
+    chunking: bool = True
     max_per_connection: int | None = None
     greylist: Greylist | None = None
     rate_limit: TokenBucket | None = None
     rate_limit_reply: replies.Reply = replies.RATE_LIMITED_TEMPORARY
     sleep: Callable[[float], Any] = asyncio.sleep
+    bounce_relay: InitVar[tuple[str, int] | None] = None
+    bouncer: Bouncer = field(init=False)
     connections: int = 0
     active: set[FakeSMTPProtocol] = field(default_factory=set)
     received: int = 0
@@ -78,6 +85,14 @@ class ServerState:
     reply_counts: collections.Counter[str] = field(default_factory=collections.Counter)
     errors: list[BaseException] = field(default_factory=list)
     errors_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self, bounce_relay: tuple[str, int] | None) -> None:
+        self.bouncer = Bouncer(bounce_relay, HOSTNAME, self.record_error)
+
+    def record_error(self, error: BaseException) -> None:
+        """Keep an internal error for the server to re-raise when it stops."""
+        with self.errors_lock:
+            self.errors.append(error)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -87,6 +102,8 @@ class ServerState:
             "stored": len(self.store),
             "stored_total": self.store.stored_total,
             "faults_fired": self.faults_fired,
+            "bounces_sent": self.bouncer.sent,
+            "bounces_failed": self.bouncer.failed,
             "replies": dict(self.reply_counts),
         }
 
@@ -107,7 +124,11 @@ class FakeSMTPProtocol(SMTP):
         self._state = state
         self._dropped = False
         self._close_after_push = False
+        self._after_reply: list[Callable[[], None]] = []
         self.messages_accepted = 0
+        # The chunks of a BDAT transaction so far; None outside one.
+        self._chunks: bytearray | None = None
+        self._chunks_too_big = False
 
     # connection bookkeeping -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -141,21 +162,38 @@ class FakeSMTPProtocol(SMTP):
             if self._state.latency:
                 await self._state.sleep(self._state.latency)
         await super().push(status)
-        if final and self._close_after_push and self.transport is not None:
+        if not final:
+            return
+        if self._close_after_push and self.transport is not None:
             self.transport.close()
+        callbacks, self._after_reply = self._after_reply, []
+        for callback in callbacks:
+            callback()
 
     async def fault_for(self, stage: str, addresses: Iterable[str] = ()) -> FaultReply:
-        """The one check every stage makes: does a fault rule fire here, and what then?
+        """The one check every stage makes: does a fault rule fire here, and what then?"""
+        return await self.act(self.fire(stage, addresses))
+
+    def fire(
+        self, stage: str, addresses: Iterable[str] = (), recipients: Sequence[str] = ()
+    ) -> FaultRule | None:
+        """The rule that fires at ``stage`` now, counted, or None."""
+        if not self._state.faults:
+            return None
+        rule = self._state.faults.pick(stage, addresses, recipients)
+        if rule is not None:
+            self._state.faults_fired += 1
+        return rule
+
+    async def act(self, rule: FaultRule | None) -> FaultReply:
+        """Do what a fired rule says for this connection, and return the reply.
 
         A ``delay`` waits and carries on; ``disconnect`` drops the connection; a
-        ``reply`` is returned for the stage to send (a 421 also closes after it).
+        ``reply`` is returned for the stage to send (a 421 also closes after it);
+        a ``bounce`` carries on, for the message stage to accept and then bounce.
         """
-        if not self._state.faults:
+        if rule is None or rule.action == "bounce":
             return MISSING
-        rule = self._state.faults.pick(stage, addresses)
-        if rule is None:
-            return MISSING
-        self._state.faults_fired += 1
         if rule.action == "delay":
             await self._state.sleep(rule.delay)
             return MISSING
@@ -168,6 +206,10 @@ class FakeSMTPProtocol(SMTP):
 
     def close_after_reply(self) -> None:
         self._close_after_push = True
+
+    def after_reply(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the next reply has been sent."""
+        self._after_reply.append(callback)
 
     async def _send_fault(self, reply: str) -> None:
         if reply:
@@ -195,6 +237,67 @@ class FakeSMTPProtocol(SMTP):
                 await self._send_fault(reply)
                 return
         await super().smtp_DATA(arg)
+
+    def _set_post_data_state(self) -> None:
+        super()._set_post_data_state()  # type: ignore[no-untyped-call]
+        self._chunks = None  # RSET, EHLO and the end of a message end a BDAT transaction
+
+    async def smtp_BDAT(self, arg: str | None) -> None:
+        """RFC 3030 CHUNKING, which aiosmtpd lacks: BDAT SIZE [LAST]. The chunk's
+        bytes are read whatever the answer, so that a refused chunk does not leave
+        message text to be read as commands; LAST ends the message as DATA's final
+        dot does (the same ``message`` faults, the same capture)."""
+        if not self._state.chunking:
+            await self.push('500 Error: command "BDAT" not recognized')
+            return
+        words = (arg or "").split()
+        last = len(words) == 2
+        if (
+            not 1 <= len(words) <= 2
+            or not words[0].isdigit()
+            or (last and words[1].upper() != "LAST")
+        ):
+            # Without a size the chunk cannot be skipped: end the session.
+            self.close_after_reply()
+            await self.push("501 5.5.4 Syntax: BDAT chunk-size [LAST]")
+            return
+        try:
+            chunk = await self._reader.readexactly(int(words[0]))
+        except asyncio.IncompleteReadError:
+            return  # the client hung up mid-chunk
+        envelope = self.envelope
+        assert envelope is not None
+        if not envelope.rcpt_tos:
+            self._set_post_data_state()
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if self._chunks is None:
+            # The first chunk is where DATA's command stage is.
+            reply = await self.fault_for("data", (envelope.mail_from or "", *envelope.rcpt_tos))
+            if reply is not MISSING:
+                self._set_post_data_state()
+                await self._send_fault(reply)
+                return
+            self._chunks = bytearray()
+            self._chunks_too_big = False
+        limit = self.data_size_limit
+        if not self._chunks_too_big:
+            self._chunks += chunk
+            if limit and len(self._chunks) > limit:
+                self._chunks_too_big = True
+                self._chunks = bytearray()
+        if not last:
+            await self.push(f"250 2.0.0 {len(chunk)} octets received")
+            return
+        content, too_big = bytes(self._chunks), self._chunks_too_big
+        if too_big:
+            self._set_post_data_state()
+            await self.push("552 5.3.4 Error: Too much mail data")
+            return
+        envelope.content = envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
 
 
 class FakeHandler:
@@ -230,6 +333,8 @@ class FakeHandler:
             # client's pipelined batch is answered in order (RFC 2920); it just does
             # not say so.
             responses.insert(len(responses) - 1, "250-PIPELINING")
+        if self.state.chunking:
+            responses.insert(len(responses) - 1, "250-CHUNKING")
         return responses
 
     async def handle_AUTH(
@@ -282,11 +387,24 @@ class FakeHandler:
     ) -> str:
         mail_from: str = envelope.mail_from or ""
         rcpt_tos: list[str] = envelope.rcpt_tos
-        reply = await server.fault_for("message", (mail_from, *rcpt_tos))
+        rule = server.fire("message", (mail_from, *rcpt_tos), rcpt_tos)
+        reply = await server.act(rule)
         if reply is not MISSING and (not reply or int(reply[:3]) >= 400):
             # Refused or dropped: the message was not accepted, so not kept.
             return reply
-        message_id = self._keep(server, session, mail_from, rcpt_tos, envelope.original_content)
+        content = envelope.original_content or b""
+        message_id = self._keep(server, session, mail_from, rcpt_tos, content)
+        if rule is not None and rule.action == "bounce":
+            # As a real relay does: accept now, bounce once the client has its 250.
+            bounce = functools.partial(
+                self.state.bouncer.bounce,
+                rule,
+                mail_from,
+                list(rcpt_tos),
+                content,
+                datetime.now(UTC),
+            )
+            server.after_reply(bounce)
         if reply is MISSING:
             return f"{replies.QUEUED.code} {replies.QUEUED.text % message_id}"
         # A fault's 2xx or 3xx reply: kept, and answered with the rule's own text.
@@ -330,8 +448,7 @@ class FakeHandler:
             return str(replies.TLS_FAILED)
         # Surfaced when the server stops, so a bug here fails the test that hit it.
         log.error("fakesmtp handler error: %r", error)
-        with self.state.errors_lock:
-            self.state.errors.append(error)
+        self.state.record_error(error)
         return str(replies.INTERNAL_ERROR)
 
 

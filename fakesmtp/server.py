@@ -23,6 +23,8 @@ log = logging.getLogger("fakesmtp")
 
 _START_TIMEOUT = 30.0
 _STOP_TIMEOUT = 15.0
+# Part of _STOP_TIMEOUT: how long a stopping server lets DSNs in flight finish.
+_BOUNCE_DRAIN_TIMEOUT = 5.0
 
 
 class FakeSMTPServer:
@@ -160,6 +162,10 @@ class FakeSMTPServer:
                 http_server.should_exit = True
                 await http_task
             await smtp.wait_closed()
+            # A relay that hangs must not hold up the stop: give up on its DSNs.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_BOUNCE_DRAIN_TIMEOUT):
+                    await self._state.bouncer.drain()
             # A connection accepted just before close() gets its protocol while the
             # awaits above run: abort those too, and let the loop run their
             # connection_lost, so no socket is left to the garbage collector.
@@ -236,7 +242,7 @@ class FakeSMTPServer:
 
     # counters ------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """Counts: connections, messages, stored, faults fired, replies by code."""
+        """Counts: connections, messages, stored, faults fired, bounces, replies by code."""
         return self._state.stats()
 
 
@@ -251,6 +257,7 @@ def _new_state(options: ServerOptions) -> ServerState:
         implicit_tls=options.implicit_tls,
         blackhole=options.blackhole,
         pipelining=options.pipelining,
+        chunking=options.chunking,
         max_per_connection=options.max_per_connection,
         greylist=Greylist(options.greylist, clock) if options.greylist is not None else None,
         rate_limit=TokenBucket(options.limit, clock) if options.limit is not None else None,
@@ -259,6 +266,7 @@ def _new_state(options: ServerOptions) -> ServerState:
             if options.rate_limit_code == 421
             else replies.RATE_LIMITED_TEMPORARY
         ),
+        bounce_relay=options.bounce_relay,
     )
     if options.sleep is not None:
         state.sleep = options.sleep
