@@ -28,6 +28,7 @@ from service.api.ratelimit import RateLimiter
 from service.api.relay import RelayFeatures
 from service.api.routes import add_routes
 from service.api.services import Services
+from service.bounces.listener import BounceListener
 from service.config import Settings
 from service.group_commit import make_committer
 from service.instance import InstanceLock
@@ -35,6 +36,7 @@ from service.metrics import Metrics
 from service.queue_worker import MailQueueWorker
 from service.retry import RetryPolicy
 from service.types import SenderFactory
+from service.webhooks import WebhookDispatcher, pending_gauge
 
 __all__ = ["GracePeriod", "create_app"]
 
@@ -89,24 +91,37 @@ def create_app(
         engine = db.make_engine(settings)
         try:
             outbox = db.Outbox(
-                engine, lease_seconds=settings.lease_seconds, instance=settings.instance_name
+                engine,
+                lease_seconds=settings.lease_seconds,
+                instance=settings.instance_name,
+                webhooks=settings.webhook_url is not None,
             )
             if settings.migrate_on_start:
                 outbox.create_schema()
             services = _services(settings, metrics, policy, outbox, connect, clock, sleep)
             app.state.services = services
+            webhooks = _webhooks(settings, outbox, metrics)
+            bounces = _bounce_listener(settings, outbox, metrics)
+            if bounces is not None:
+                await bounces.start()
             services.worker.start()
             services.committer.start()
+            if webhooks is not None:
+                await run_in_threadpool(webhooks.start)
             logger.info("accepting mail; relay %s:%s", settings.smtp_host, settings.smtp_port)
             try:
                 yield
             finally:
                 # The HTTP server has stopped taking requests: commit what is waiting,
                 # then stop taking work, let deliveries in flight finish, leave the rest
-                # queued.
+                # queued; then the events those deliveries wrote get what time is left.
+                if bounces is not None:
+                    await bounces.stop()
                 await services.committer.stop()
                 await run_in_threadpool(services.worker.stop, grace.left())
                 await run_in_threadpool(services.sync_sender.close)
+                if webhooks is not None:
+                    await run_in_threadpool(webhooks.stop, max(grace.left(), 1.0))
         finally:
             engine.dispose()
             if own_lock is not None:
@@ -118,7 +133,11 @@ def create_app(
         summary="Send email over SMTP, synchronously or through a durable outbox.",
         lifespan=lifespan,
     )
-    app.add_middleware(BodySizeLimit, limit=settings.max_message_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        limit=settings.max_message_bytes,
+        per_path={"/send_batch": settings.batch_max_bytes},
+    )
     if settings.metrics_enabled:
         # Outermost, so that 413s from the body limit are timed and counted too.
         app.add_middleware(RequestMetrics, metrics=metrics)
@@ -161,6 +180,28 @@ def _services(
         sender_policy=policy,
         retry=RetryPolicy.from_settings(settings),
         sleep=sleep,
+    )
+
+
+def _webhooks(settings: Settings, outbox: db.Outbox, metrics: Metrics) -> WebhookDispatcher | None:
+    if settings.webhook_url is None:
+        return None
+    metrics.webhook_pending.set_function(pending_gauge(outbox))
+    return WebhookDispatcher(settings, outbox, metrics)
+
+
+def _bounce_listener(
+    settings: Settings, outbox: db.Outbox, metrics: Metrics
+) -> BounceListener | None:
+    if settings.bounce_smtp_port is None or settings.bounce_address is None:
+        return None
+    return BounceListener(
+        settings.bounce_smtp_host,
+        settings.bounce_smtp_port,
+        settings.bounce_address,
+        outbox,
+        metrics,
+        max_message_bytes=settings.max_message_bytes,
     )
 
 

@@ -49,24 +49,24 @@ class Backlog:
         with self._lock:
             return self._count - self._reserving
 
-    def reserve(self) -> None:
-        """Take one slot before inserting. Raises QueueFull."""
+    def reserve(self, count: int = 1) -> None:
+        """Take `count` slots before inserting, all or none. Raises QueueFull."""
         with self._lock:
-            if self._count >= self.maxsize:
+            if self._count + count > self.maxsize:
                 raise QueueFull(self._retry_after_locked())
-            self._count += 1
-            self._reserving += 1
+            self._count += count
+            self._reserving += count
 
-    def release(self) -> None:
-        """Give back a slot whose insert failed."""
+    def release(self, count: int = 1) -> None:
+        """Give back slots whose insert failed."""
         with self._lock:
-            self._count = max(0, self._count - 1)
-            self._reserving = max(0, self._reserving - 1)
+            self._count = max(0, self._count - count)
+            self._reserving = max(0, self._reserving - count)
 
-    def committed(self) -> None:
-        """The reservation is now a row: count_unfinished() sees it from here on."""
+    def committed(self, count: int = 1) -> None:
+        """The reservations are now rows: count_unfinished() sees them from here on."""
         with self._lock:
-            self._reserving = max(0, self._reserving - 1)
+            self._reserving = max(0, self._reserving - count)
 
     def finish(self, count: int) -> None:
         """`count` messages were sent or failed for good."""

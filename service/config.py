@@ -6,12 +6,18 @@ Only `main.py` reads the environment (`load_settings()`); tests build
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import re
 import socket
 import sys
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, HttpUrl, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -27,6 +33,40 @@ def _split_commas(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+# A key's name, as in `NAME=SECRET`: what its records belong to.
+KEY_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+_KEY_NAME = re.compile(KEY_NAME_PATTERN)
+# BOUNCE_ADDRESS: ASCII, no quoting, so that `local+id@domain` is an address too.
+_PLAIN_ADDRESS = re.compile(
+    r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+|[A-Za-z0-9._-]+@localhost"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """One entry of API_KEY: the name its records belong to, and the secret."""
+
+    name: str
+    secret: str
+
+
+def key_fingerprint(secret: str) -> str:
+    """A short, stable, non-reversible name for a secret (a bare key's name)."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def parse_api_key(entry: str) -> ApiKey:
+    """`NAME=SECRET`, or a bare `SECRET` named by its fingerprint.
+
+    Only a valid name before the first `=` makes a name, and base64 padding after
+    it (`abc==`) does not make a secret, so a bare base64 secret stays bare.
+    """
+    name, sep, secret = entry.partition("=")
+    if sep and _KEY_NAME.fullmatch(name) and secret.strip("="):
+        return ApiKey(name=name, secret=secret)
+    return ApiKey(name=key_fingerprint(entry), secret=entry)
 
 
 class Settings(BaseSettings):
@@ -53,10 +93,28 @@ class Settings(BaseSettings):
     smtp_backoff_base: NonNegativeFloat = 1.0
     smtp_backoff_max: NonNegativeFloat = 60.0
     queue_maxsize: PositiveInt = 1000
-    worker_concurrency: PositiveInt = 4
+    # Postfix's default_destination_concurrency_limit: over a network each
+    # connection waits a round trip or two per message, so the drain grows with
+    # the connections; ConcurrencyLimit starts at 4 and opens more only while mail
+    # waits and the relay keeps accepting.
+    worker_concurrency: PositiveInt = 20
     max_recipients: PositiveInt = 50
     max_message_bytes: PositiveInt = 10 * 1024 * 1024
+    # POST /send_batch: messages per batch, and its request body's limit.
+    batch_max: PositiveInt = 500
+    batch_max_bytes: PositiveInt = 50 * 1024 * 1024
     log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = "INFO"
+    # Webhooks (unset URL: none). The secret is `whsec_` and base64, as the
+    # Standard Webhooks specification has it.
+    webhook_url: HttpUrl | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_timeout: PositiveFloat = 10.0
+    webhook_retry_max: PositiveFloat = 60.0
+    webhook_max_age: PositiveFloat = 3 * 24 * 3600.0
+    # Bounces (unset: off): VERP envelope senders, and the listener that reads them.
+    bounce_address: str | None = None
+    bounce_smtp_host: str = "127.0.0.1"
+    bounce_smtp_port: Annotated[int, Field(ge=0, le=65535)] | None = None
 
     # -- extras (documented in the README) -------------------------------------
     # SQLite durability: NORMAL survives a process crash, FULL also a power loss.
@@ -90,6 +148,16 @@ class Settings(BaseSettings):
     def _split_api_keys(cls, value: object) -> object:
         return _split_commas(value)
 
+    @field_validator("api_key")
+    @classmethod
+    def _one_name_per_secret(cls, value: list[SecretStr]) -> list[SecretStr]:
+        names: dict[str, str] = {}
+        for entry in value:
+            key = parse_api_key(entry.get_secret_value())
+            if names.setdefault(key.secret, key.name) != key.name:
+                raise ValueError("one secret appears under two names")
+        return value
+
     @field_validator("allowed_senders", mode="before")
     @classmethod
     def _split_senders(cls, value: object) -> object:
@@ -115,9 +183,49 @@ class Settings(BaseSettings):
             raise ValueError("SMTP_USERNAME and SMTP_PASSWORD must be set together")
         return self
 
-    @property
-    def api_keys(self) -> list[str]:
-        return [key.get_secret_value() for key in self.api_key]
+    @field_validator("webhook_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        text = value.get_secret_value()
+        body = text.removeprefix("whsec_")
+        try:
+            key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+        except binascii.Error:
+            key = b""
+        if not text.startswith("whsec_") or len(key) < 16:
+            raise ValueError("must be whsec_ followed by base64 of at least 16 bytes")
+        return value
+
+    @model_validator(mode="after")
+    def _check_webhooks(self) -> Settings:
+        if self.webhook_url is not None and self.webhook_secret is None:
+            raise ValueError("WEBHOOK_SECRET is required when WEBHOOK_URL is set")
+        if self.bounce_smtp_port is not None and self.bounce_address is None:
+            raise ValueError(
+                "BOUNCE_SMTP_PORT needs BOUNCE_ADDRESS: the listener takes mail for its "
+                "VERP addresses only"
+            )
+        return self
+
+    @field_validator("bounce_address")
+    @classmethod
+    def _bounce_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        local, at, domain = value.partition("@")
+        if not (at and local and domain) or "+" in local or not _PLAIN_ADDRESS.fullmatch(value):
+            raise ValueError(
+                "must be a plain address such as bounces@mail.example.com (no '+': "
+                "the record id goes there)"
+            )
+        return value.lower()
+
+    @cached_property  # read on every request
+    def api_keys(self) -> list[ApiKey]:
+        """The keys with their names (`NAME=SECRET` entries; rotation repeats a name)."""
+        return [parse_api_key(key.get_secret_value()) for key in self.api_key]
 
     @property
     def instance_name(self) -> str:

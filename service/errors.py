@@ -6,6 +6,7 @@
      │    └── PermanentDeliveryError  not worth retrying: 5xx, TLS trust, AUTH refused
      ├── DatabaseUnavailable          the database could not store or read (503 at the API)
      ├── IdempotencyKeyTaken          an insert lost the race for its Idempotency-Key
+     ├── RecipientSuppressed          an insert names an address on the suppression list (422)
      ├── QueueFull                    QUEUE_MAXSIZE reached (503 with Retry-After)
      ├── ShuttingDown                 the service takes no new work (503)
      │    └── ClaimReleased           a claim was handed back before its final dot
@@ -25,6 +26,7 @@ __all__ = [
     "InstanceLocked",
     "PermanentDeliveryError",
     "QueueFull",
+    "RecipientSuppressed",
     "ShuttingDown",
     "TemporaryDeliveryError",
 ]
@@ -40,6 +42,9 @@ class DeliveryError(Exception):
         self.reply = reply
         self.code = code
         self.recipient = recipient
+        # Every recipient the relay refused at RCPT when it refused them all:
+        # (address, code, text), for the suppression list.
+        self.refused: list[tuple[str, int, str]] = []
 
     def __str__(self) -> str:
         """The server's reply with its code in front and the recipient after: what
@@ -68,6 +73,16 @@ class DatabaseUnavailable(Exception):
 
 class IdempotencyKeyTaken(Exception):
     """An insert lost a race: another request already stored this idempotency key."""
+
+
+class RecipientSuppressed(Exception):
+    """An insert named an address on the suppression list; nothing was stored.
+    `index` is the message's place in a batch written whole (insert_all)."""
+
+    def __init__(self, address: str, index: int = 0) -> None:
+        super().__init__(f"{address} is on the suppression list")
+        self.address = address
+        self.index = index
 
 
 class QueueFull(Exception):

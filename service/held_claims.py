@@ -2,8 +2,9 @@
 before each final dot.
 
 The thread takes its claimed messages one by one (`next()`). For each, the
-Sender calls `before_dot()` after the relay's 354: it waits until the previous
-message's outcome on this connection is written, then marks the message as past
+Sender calls `before_dot()` after the relay's 354: it makes sure the previous
+message's acceptance on this connection is recorded (writing it, and whatever
+else waits, if nobody has: AcceptanceLog.record), then marks the message as past
 its final dot. A message whose lease would end before its dot could go (the
 previous outcome could not be written for that long: the database is away) is
 abandoned there and left to its lease, since another instance may take it then.
@@ -21,15 +22,21 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
+from service.acceptance_log import Acceptance
 from service.errors import ClaimReleased
 from service.types import ClaimedMessage
 
 __all__ = ["HeldClaims", "LeaseRunningOut"]
 
-# How often a thread waiting for its previous outcome looks whether stop() took
-# its message back.
+# How often a thread waiting for its previous acceptance to be recorded looks
+# whether stop() took its message back.
 _WAIT_SLICE = 0.05
+
+
+class Recorder(Protocol):
+    def record(self, acceptance: Acceptance, timeout: float) -> bool: ...
 
 
 class LeaseRunningOut(ClaimReleased):
@@ -39,19 +46,17 @@ class LeaseRunningOut(ClaimReleased):
 class HeldClaims:
     """Thread-safe: the delivery thread and stop() share it."""
 
-    def __init__(
-        self, clock: Callable[[], float] = time.time, hurry: Callable[[], None] = lambda: None
-    ) -> None:
+    def __init__(self, acceptances: Recorder, clock: Callable[[], float] = time.time) -> None:
+        self._acceptances = acceptances  # an AcceptanceLog
         self._clock = clock
-        self._hurry = hurry  # asks the writer to write now (AcceptanceWriter.hurry)
         self._dot_deadline = float("inf")
         self._lock = threading.Lock()
         self._waiting: deque[ClaimedMessage] = deque()
         self._current: ClaimedMessage | None = None
         self._past_dot = False
         self._closed = False
-        # Set once the previous message's outcome on this connection is written.
-        self._previous: threading.Event | None = None
+        # The previous message's acceptance on this connection.
+        self._previous: Acceptance | None = None
 
     def load(self, claimed: Sequence[ClaimedMessage], dot_deadline: float) -> None:
         """A claimed batch; no final dot of it may go at or after `dot_deadline`
@@ -70,18 +75,17 @@ class HeldClaims:
             self._past_dot = False
             return self._current
 
-    def after(self, written: threading.Event) -> None:
-        """The current message's outcome was handed to the writer: the next final
-        dot waits for it."""
-        self._previous = written
+    def after(self, accepted: Acceptance) -> None:
+        """The relay took the current message: the next final dot waits until
+        this is recorded."""
+        self._previous = accepted
 
     def before_dot(self) -> None:
         """The Sender's gate (service.types.Sender.send). Raises ClaimReleased when
         stop() took the message back first."""
         previous = self._previous
-        if previous is not None and not previous.is_set():
-            self._hurry()
-            while not previous.wait(_WAIT_SLICE):
+        if previous is not None:
+            while not self._acceptances.record(previous, _WAIT_SLICE):
                 if self._closed:
                     raise ClaimReleased("shutting down: handed back before its final dot")
                 self._check_lease()

@@ -6,11 +6,16 @@ rows. UUIDv7 starts with the time in milliseconds: new ids go to the end of the
 index, a batch shares its pages, and the ids still cannot be guessed (74 random
 bits). The same id, with the sender's domain, is the message's Message-ID, so
 a mail found in someone's inbox leads to its record.
+
+Within one process the ids also increase strictly (RFC 9562's monotonic
+method: an id made in the same millisecond as the last one is the last plus
+one), so records made one after another list in the order they were made.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 __all__ = ["new_id"]
@@ -21,9 +26,21 @@ _RAND_A = (1 << 12) - 1  # 12 random bits after the version
 _RAND_B = (1 << 62) - 1  # 62 random bits after the variant
 
 
+_lock = threading.Lock()
+_last = 0
+
+
 def new_id() -> str:
+    global _last
     millis = time.time_ns() // 1_000_000
     rand = int.from_bytes(os.urandom(10), "big")
     value = (millis & ((1 << 48) - 1)) << 80 | _VERSION | (rand >> 62 & _RAND_A) << 64
     value |= _VARIANT | rand & _RAND_B
+    with _lock:
+        if value <= _last:
+            # Same millisecond (or the clock stepped back): one more than the last.
+            # The random bits absorb the carry; version and variant stay put
+            # unless 2**74 ids are made in one millisecond.
+            value = _last + 1
+        _last = value
     return f"{value:032x}"

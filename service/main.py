@@ -44,6 +44,9 @@ def configure_logging(level: str) -> None:
         # Alembic narrates every plugin and context at INFO; the migration's outcome is
         # logged by service.migrations.
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        # flufl.bounce narrates each detector it tries (17 lines a bounce); what a
+        # bounce came to is logged by service.bounces.
+        logging.getLogger("flufl.bounce").setLevel(logging.WARNING)
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:

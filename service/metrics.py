@@ -23,7 +23,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.accepted = Counter(
             "mail_accepted",
-            "Messages accepted, by endpoint (send: synchronous, send_async: queued).",
+            "Messages accepted, by endpoint (send: synchronous; send_async, send_batch: queued).",
             ["endpoint"],
             registry=self.registry,
         )
@@ -80,6 +80,33 @@ class Metrics:
         self.concurrency_limit = Gauge(
             "mail_delivery_concurrency_limit",
             "Connections the relay may get now (adapts between 1 and WORKER_CONCURRENCY).",
+            registry=self.registry,
+        )
+
+        self.webhook_events = Counter(
+            "mail_webhook_events",
+            "Webhook calls by outcome: delivered (2xx), failed (to be retried), dropped "
+            "(older than WEBHOOK_MAX_AGE, given up).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.webhook_seconds = Histogram(
+            "mail_webhook_seconds",
+            "Time of one webhook call, until the receiver answered or the call failed.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.webhook_pending = Gauge(
+            "mail_webhook_events_pending",
+            "Events stored and not yet delivered to the webhook receiver.",
+            registry=self.registry,
+        )
+        self.bounces = Counter(
+            "mail_bounces",
+            "Mail taken by the bounce listener, by what became of it: recorded (a "
+            "record marked bounced), delayed (a delay notice), unknown (no such record), "
+            "unrecognised (no failed recipient found in it).",
+            ["result"],
             registry=self.registry,
         )
 

@@ -3,15 +3,17 @@
 A delivery thread takes one id from the WorkQueue (blocking, with a timeout so
 that stop() is noticed), then a few more that are already waiting, claims them
 in one statement under this instance's name (INSTANCE_ID) and sends each over
-its own persistent connection. Each relay 250 goes to the AcceptanceWriter at
+its own persistent connection. Each relay 250 goes into the AcceptanceLog at
 once; the next message's envelope goes at once too, and its final dot only once
-that acceptance is recorded (HeldClaims), so a crash re-sends at most one message
-per connection. The batch's outcomes are written in the transaction that claims
+that acceptance is recorded (HeldClaims; the thread writes it itself, with every
+other one waiting, if nobody has), so a crash re-sends at most one message per
+connection. The batch's outcomes are written in the transaction that claims
 the next batch. A temporary failure puts the message back in the
 database as queued with a retry time (the RetryPolicy's), and the thread goes
 straight on to the next message: no delivery thread ever sleeps through a
-backoff. The scheduler thread re-queues retries when they are due and messages
-whose lease expired (a dead instance's), re-syncs the Backlog and purges.
+backoff. The scheduler thread re-queues retries when they are due, scheduled
+messages whose send_at has come and messages whose lease expired (a dead
+instance's), re-syncs the Backlog and purges.
 
 At start-up the worker takes back what its previous process left in `sending`,
 at once (the InstanceLock makes that safe); at stop, what has not reached its
@@ -27,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from service.acceptance_writer import AcceptanceWriter
+from service.acceptance_log import AcceptanceLog
 from service.backlog import Backlog
 from service.concurrency import ConcurrencyLimit, is_congestion
 from service.errors import (
@@ -54,7 +56,7 @@ log = logging.getLogger(__name__)
 
 # How many ids a delivery thread claims at once; their outcomes are written with
 # the claim of the next batch, one commit per batch. (Acceptances are recorded
-# per message, grouped across threads by the AcceptanceWriter.)
+# per message, grouped across threads by the AcceptanceLog.)
 DEFAULT_BATCH_SIZE = 8
 # How long a delivery thread blocks on the queue before looking at the stop flag.
 _GET_TIMEOUT = 0.1
@@ -104,11 +106,7 @@ class MailQueueWorker:
         self._held: list[HeldClaims] = []
         self.concurrency = ConcurrencyLimit(settings.worker_concurrency)
         self._senders: list[Sender | None] = [None] * settings.worker_concurrency
-        self._writer = AcceptanceWriter(
-            outbox,
-            retry_interval=settings.poll_interval,
-            group=lambda: self.concurrency.limit,
-        )
+        self._acceptances = AcceptanceLog(outbox, retry_interval=settings.poll_interval)
 
     # -- life cycle -------------------------------------------------------------
 
@@ -126,9 +124,8 @@ class MailQueueWorker:
         except DatabaseUnavailable:
             # The scheduler retries all of this every poll; accepting can wait for it.
             log.exception("database unavailable at start; the scheduler will retry")
-        self._writer.start()
         for n in range(self._settings.worker_concurrency):
-            held = HeldClaims(self._clock, self._writer.hurry)
+            held = HeldClaims(self._acceptances, self._clock)
             self._held.append(held)
             thread = threading.Thread(
                 target=self._deliver_loop,
@@ -165,20 +162,21 @@ class MailQueueWorker:
             )
         # The acceptances of messages the relay took must be written whatever the
         # grace left: otherwise the next start sends them again.
-        self._writer.stop(max(1.0, deadline - time.monotonic()))
+        self._acceptances.close(max(1.0, deadline - time.monotonic()))
         self._work.clear()
 
     # -- the accept path ------------------------------------------------------------
 
-    def reserve(self) -> None:
-        """Take one slot of the backlog bound before inserting. Raises QueueFull / ShuttingDown."""
+    def reserve(self, count: int = 1) -> None:
+        """Take `count` slots of the backlog bound before inserting, all or none.
+        Raises QueueFull / ShuttingDown."""
         if self._stopping.is_set():
             raise ShuttingDown("the service is shutting down")
-        self._backlog.reserve()
+        self._backlog.reserve(count)
 
-    def release(self) -> None:
-        """Give back a slot whose insert failed."""
-        self._backlog.release()
+    def release(self, count: int = 1) -> None:
+        """Give back slots whose insert failed."""
+        self._backlog.release(count)
 
     def enqueue(self, message_id: str) -> None:
         """Hand a committed message's id to the delivery threads (never blocks)."""
@@ -295,7 +293,7 @@ class MailQueueWorker:
             if outcome is None:
                 continue  # taken back by stop(), which queued it again
             if outcome.error is None:
-                held.after(self._writer.submit(outcome))
+                held.after(self._acceptances.add(outcome))
             outcomes.append(outcome)
         if unsent or self._stopping.is_set():
             # No next batch: stopping, or a relay this slow gains nothing from it.
@@ -311,9 +309,10 @@ class MailQueueWorker:
             return []
         claimed: list[ClaimedMessage] = []
         try:
-            claimed = self._outbox.record_and_claim(
-                outcomes, ids, self._owner, self._settings.lease_seconds, acceptances_written=True
-            )
+            with self._acceptances.writing() as accepted:
+                claimed = self._outbox.record_and_claim(
+                    outcomes, ids, self._owner, self._settings.lease_seconds, accepted=accepted
+                )
         except DatabaseUnavailable:
             # Neither happened. The outcomes must be written (the retrying path);
             # the ids are offered again by the scheduler, as after a failed claim.
@@ -399,7 +398,8 @@ class MailQueueWorker:
             return
         while True:
             try:
-                self._outbox.record_outcomes(outcomes, acceptances_written=True)
+                with self._acceptances.writing() as accepted:
+                    self._outbox.record_outcomes(outcomes, accepted=accepted)
                 break
             except DatabaseUnavailable:
                 log.warning("could not record %d outcome(s); retrying", len(outcomes))
@@ -439,7 +439,11 @@ class MailQueueWorker:
         while not self._stopping.wait(self._settings.poll_interval):
             try:
                 reclaimed = self._outbox.reclaim_expired_leases()
-                self._fill_queue(force=reclaimed > 0)
+                released = self._outbox.release_scheduled()
+                if released:
+                    # They count toward QUEUE_MAXSIZE from now on.
+                    self._backlog.resync(self._outbox.count_unfinished())
+                self._fill_queue(force=reclaimed > 0 or released > 0)
                 now = time.monotonic()
                 if now - last_resync >= self.resync_interval:
                     last_resync = now

@@ -17,21 +17,25 @@ from typing import Literal, Protocol
 from service.errors import DeliveryError
 
 __all__ = [
+    "AttachmentInfo",
     "ClaimedMessage",
+    "Event",
     "IdempotencyRecord",
     "MessageRecord",
     "Mode",
     "NewMessage",
     "Outcome",
+    "PendingEvent",
     "RejectedRecipient",
     "RenderedMessage",
     "SendResult",
     "Sender",
     "SenderFactory",
     "Status",
+    "Suppression",
 ]
 
-Status = Literal["queued", "sending", "sent", "failed"]
+Status = Literal["scheduled", "queued", "sending", "sent", "failed", "bounced", "cancelled"]
 Mode = Literal["sync", "async"]
 
 
@@ -91,12 +95,38 @@ SenderFactory = Callable[[], Sender]
 
 
 @dataclass(frozen=True, slots=True)
+class AttachmentInfo:
+    """What a record says of an attachment: never its content."""
+
+    filename: str
+    content_type: str
+    size: int  # decoded bytes
+    content_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of a message's timeline."""
+
+    type: str  # message.queued, message.scheduled, message.sent, message.deferred, ...
+    at: float
+    code: int | None = None
+    detail: str | None = None
+    recipient: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NewMessage:
     id: str
     mode: Mode
     rendered: RenderedMessage
     to: list[str]  # display form of the `to` field, for GET /messages/{id}
     subject: str
+    key_name: str | None = None  # the API key's name that owns the record
+    tags: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    send_at: float | None = None  # scheduled: due then, not before
+    attachments: list[AttachmentInfo] = field(default_factory=list)
     # Idempotency: scope = "<api key fingerprint>:<Idempotency-Key>"; hash of the request body.
     idempotency_scope: str | None = None
     request_hash: str | None = None
@@ -159,3 +189,36 @@ class MessageRecord:
     to: list[str]
     subject: str
     rejected: list[RejectedRecipient] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    send_at: float | None = None
+    attachments: list[AttachmentInfo] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    """An event claimed for its webhook, with what the webhook's body says of its
+    message."""
+
+    id: int
+    record_id: str  # the message's record id
+    type: str
+    at: float
+    attempts: int
+    code: int | None
+    detail: str | None
+    recipient: str | None
+    message_id: str  # the Message-ID header
+    to: list[str]
+    subject: str
+    tags: list[str]
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    address: str
+    reason: str  # hard_bounce | manual
+    created_at: float
+    message_id: str | None  # the record whose bounce or refusal listed it

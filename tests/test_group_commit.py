@@ -57,6 +57,8 @@ def test_insert_many_isolates_a_taken_idempotency_key(outbox: Outbox) -> None:
 def test_insert_many_reports_an_unwritable_database_for_every_row(outbox: Outbox) -> None:
     with outbox.engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE attempts"))
+        conn.execute(sa.text("DROP TABLE message_tags"))
+        conn.execute(sa.text("DROP TABLE events"))
         conn.execute(sa.text("DROP TABLE messages"))
     results = outbox.insert_many([new_message("async"), new_message("async")])
     assert all(isinstance(r, DatabaseUnavailable) for r in results)

@@ -6,13 +6,29 @@ import threading
 
 import pytest
 
+from service.acceptance_log import Acceptance
 from service.errors import ClaimReleased
 from service.held_claims import HeldClaims, LeaseRunningOut
-from service.types import ClaimedMessage, RenderedMessage
+from service.types import ClaimedMessage, Outcome, RenderedMessage
 
 pytestmark = pytest.mark.unit
 
 FAR = float("inf")
+
+
+class Recorder:
+    """Stands in for the AcceptanceLog: an acceptance is recorded once `written` is set."""
+
+    def __init__(self) -> None:
+        self.written = threading.Event()
+
+    def record(self, acceptance: Acceptance, timeout: float) -> bool:
+        acceptance.recorded = self.written.wait(timeout)
+        return acceptance.recorded
+
+
+def accepted() -> Acceptance:
+    return Acceptance(Outcome(id="m0", attempt=1))
 
 
 def claimed(n: int) -> list[ClaimedMessage]:
@@ -21,14 +37,14 @@ def claimed(n: int) -> list[ClaimedMessage]:
 
 
 def test_messages_come_one_at_a_time_in_claim_order() -> None:
-    held = HeldClaims()
+    held = HeldClaims(Recorder())
     held.load(claimed(3), dot_deadline=FAR)
     assert [held.next().id, held.next().id, held.next().id] == ["m0", "m1", "m2"]  # type: ignore[union-attr]
     assert held.next() is None
 
 
 def test_take_back_returns_the_current_message_before_its_dot_and_the_rest() -> None:
-    held = HeldClaims()
+    held = HeldClaims(Recorder())
     held.load(claimed(3), dot_deadline=FAR)
     assert held.next() is not None  # m0, in its envelope
     assert [m.id for m in held.take_back()] == ["m1", "m2", "m0"]
@@ -39,7 +55,7 @@ def test_take_back_returns_the_current_message_before_its_dot_and_the_rest() -> 
 
 
 def test_a_message_past_its_dot_is_not_taken_back() -> None:
-    held = HeldClaims()
+    held = HeldClaims(Recorder())
     held.load(claimed(2), dot_deadline=FAR)
     held.next()
     held.before_dot()
@@ -47,12 +63,13 @@ def test_a_message_past_its_dot_is_not_taken_back() -> None:
 
 
 def test_the_dot_waits_for_the_previous_outcome() -> None:
-    held = HeldClaims()
+    recorder = Recorder()
+    held = HeldClaims(recorder)
     held.load(claimed(2), dot_deadline=FAR)
     held.next()
     held.before_dot()
-    written = threading.Event()
-    held.after(written)
+    written = recorder.written
+    held.after(accepted())
     held.next()
     passed = threading.Event()
     thread = threading.Thread(target=lambda: (held.before_dot(), passed.set()))
@@ -64,11 +81,11 @@ def test_the_dot_waits_for_the_previous_outcome() -> None:
 
 
 def test_a_dot_waiting_for_its_previous_outcome_is_released_by_take_back() -> None:
-    held = HeldClaims()
+    held = HeldClaims(Recorder())
     held.load(claimed(2), dot_deadline=FAR)
     held.next()
     held.before_dot()
-    held.after(threading.Event())  # never written (the database is away)
+    held.after(accepted())  # never recorded (the database is away)
     held.next()
     raised: list[BaseException] = []
 
@@ -86,7 +103,7 @@ def test_a_dot_waiting_for_its_previous_outcome_is_released_by_take_back() -> No
 
 
 def test_rest_leaves_the_current_message_and_keeps_the_holder_open() -> None:
-    held = HeldClaims()
+    held = HeldClaims(Recorder())
     held.load(claimed(3), dot_deadline=FAR)
     held.next()
     assert [m.id for m in held.rest()] == ["m1", "m2"]
@@ -96,11 +113,11 @@ def test_rest_leaves_the_current_message_and_keeps_the_holder_open() -> None:
 
 def test_a_dot_that_would_go_after_the_lease_deadline_is_abandoned() -> None:
     now = [100.0]
-    held = HeldClaims(clock=lambda: now[0])
+    held = HeldClaims(Recorder(), clock=lambda: now[0])
     held.load(claimed(2), dot_deadline=110.0)
     held.next()
     held.before_dot()
-    held.after(threading.Event())  # the previous outcome is never written
+    held.after(accepted())  # the previous acceptance is never recorded
     held.next()
     now[0] = 110.0
     with pytest.raises(LeaseRunningOut):

@@ -23,9 +23,21 @@ def test_ids_of_a_later_millisecond_sort_after(monkeypatch: pytest.MonkeyPatch) 
     """Time-ordered, so new rows append to the primary-key index."""
     now = [1_764_000_000_000_000_000]
     monkeypatch.setattr(ids.time, "time_ns", lambda: now[0])
+    monkeypatch.setattr(ids, "_last", 0)  # earlier tests made ids at the real time
     earlier = [ids.new_id() for _ in range(50)]
     now[0] += 1_000_000  # one millisecond later
     later = [ids.new_id() for _ in range(50)]
     assert max(earlier) < min(later)
     assert int(earlier[0][:12], 16) == now[0] // 1_000_000 - 1  # the time is the prefix
     assert len(set(earlier + later)) == 100  # random within one millisecond
+
+
+def test_ids_made_in_one_millisecond_increase_and_stay_uuid7(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ids.time, "time_ns", lambda: 1_764_000_000_000_000_000)
+    monkeypatch.setattr(ids, "_last", 0)
+    made = [ids.new_id() for _ in range(200)]
+    assert made == sorted(made)
+    assert len(set(made)) == 200
+    assert all(uuid.UUID(value).version == 7 for value in made)

@@ -187,7 +187,7 @@ def test_lone_surrogate_in_body_is_refused() -> None:
 
 
 def test_unknown_field_is_refused() -> None:
-    assert "extra_forbidden" in errors_of(request(attachments=[]))
+    assert "extra_forbidden" in errors_of(request(attachment=[]))
 
 
 def test_recipient_count_spans_to_cc_and_bcc() -> None:

@@ -7,6 +7,7 @@ import sys
 import unicodedata
 
 import pytest
+from email_validator import validate_email
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +16,7 @@ from service.syntax import (
     bad_character,
     canonical_address,
     check_encodable,
+    common_addr_spec,
     parse_address,
 )
 
@@ -62,3 +64,47 @@ def test_the_first_forbidden_character_is_the_one_named() -> None:
 def test_a_lone_surrogate_at_the_end_of_10_mb_of_text_is_found() -> None:
     with pytest.raises(ValueError, match="lone surrogate U\\+DC00"):
         check_encodable("x" * 10_000_000 + "\udc00")
+
+
+_LABEL = st.from_regex(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,20}[A-Za-z0-9])?", fullmatch=True)
+_COMMON_SHAPED = st.builds(
+    lambda local, labels, tld: f"{local}@{'.'.join(labels)}.{tld}",
+    st.from_regex(
+        r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,30}(\.[A-Za-z0-9_-]{1,10}){0,2}", fullmatch=True
+    ),
+    st.lists(_LABEL, min_size=1, max_size=3),
+    st.from_regex(r"[A-Za-z]{2,8}|test|local|onion|invalid|localhost|arpa", fullmatch=True),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_COMMON_SHAPED)
+def test_the_common_address_shortcut_agrees_with_email_validator(addr: str) -> None:
+    """Whatever the shortcut accepts, email-validator accepts with the same parts."""
+    common = common_addr_spec(addr)
+    if common is None:
+        return
+    result = validate_email(addr, check_deliverability=False, allow_smtputf8=True)
+    assert common == (result.local_part, result.ascii_domain.lower())
+
+
+@pytest.mark.parametrize(
+    "addr",
+    [
+        "a@b",  # no period: email-validator refuses it
+        "a@example.test",  # special use
+        "a@mail.localhost",
+        "a@xn--bcher-kva.de",  # Punycode: email-validator checks it
+        "a@ab--cd.com",
+        "a@example.123",  # a numeric top-level label
+        "\u00e9@example.com",
+        "a..b@example.com",
+        f"{'a' * 65}@example.com",
+    ],
+)
+def test_anything_unusual_is_left_to_email_validator(addr: str) -> None:
+    assert common_addr_spec(addr) is None
+
+
+def test_the_common_address_shortcut_takes_the_common_address() -> None:
+    assert common_addr_spec("Ana.B+x@Mail.Example.COM") == ("Ana.B+x", "mail.example.com")

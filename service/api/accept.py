@@ -8,6 +8,7 @@ anything is stored or sent.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from fastapi import HTTPException
 
@@ -15,12 +16,23 @@ from service import mailer
 from service.api.errors import validation_error
 from service.api.offload import run_in_daemon_thread
 from service.api.relay import RelayFeatures
+from service.bounces.verp import verp_address
 from service.config import Settings
 from service.models import SendRequest
 from service.syntax import canonical_address, parse_address
 from service.types import RenderedMessage
 
-__all__ = ["SenderPolicy", "check_request", "render"]
+__all__ = [
+    "MAX_SCHEDULE_AHEAD",
+    "SenderPolicy",
+    "check_request",
+    "refuse_send_at",
+    "render",
+    "send_time",
+]
+
+# How far ahead `send_at` may be (the contract's 30 days).
+MAX_SCHEDULE_AHEAD = 30 * 24 * 3600.0
 
 
 class SenderPolicy:
@@ -61,6 +73,30 @@ def check_request(payload: SendRequest, settings: Settings, policy: SenderPolicy
         )
 
 
+def send_time(payload: SendRequest, now: float) -> float | None:
+    """The epoch time a scheduled message is due, or None to send now (no send_at,
+    or one in the past). Further than 30 days ahead is a 422."""
+    if payload.send_at is None:
+        return None
+    due = payload.send_at.timestamp()
+    if due - now > MAX_SCHEDULE_AHEAD:
+        raise validation_error(
+            ("body", "send_at"),
+            "send_at is more than 30 days ahead: schedule it at most 30 days from now",
+            payload.send_at.isoformat(),
+        )
+    return due if due > now else None
+
+
+def refuse_send_at(payload: SendRequest) -> None:
+    if payload.send_at is not None:
+        raise validation_error(
+            ("body", "send_at"),
+            "/send sends now and cannot schedule: use /send_async with send_at",
+            payload.send_at.isoformat(),
+        )
+
+
 def render(payload: SendRequest, settings: Settings, record_id: str) -> RenderedMessage:
     """The message as it will go on the wire, held to MAX_MESSAGE_BYTES."""
     try:
@@ -69,6 +105,11 @@ def render(payload: SendRequest, settings: Settings, record_id: str) -> Rendered
         )
     except (ValueError, UnicodeError) as exc:
         raise validation_error(("body",), f"the message cannot be built: {exc}") from None
+    if settings.bounce_address is not None:
+        # VERP: a bounce names the record it is for in the address it comes back to.
+        rendered = dataclasses.replace(
+            rendered, mail_from=verp_address(settings.bounce_address, record_id)
+        )
     if len(rendered.data) > settings.max_message_bytes:
         raise HTTPException(
             status_code=413,

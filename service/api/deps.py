@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import hmac
 from dataclasses import dataclass
 from typing import Annotated, cast
@@ -25,7 +23,6 @@ __all__ = [
     "ServicesDep",
     "authenticate",
     "has_valid_key",
-    "key_fingerprint",
 ]
 
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
@@ -40,15 +37,11 @@ api_key_header = APIKeyHeader(
 
 @dataclass(frozen=True, slots=True)
 class Client:
-    """The caller, identified by a fingerprint of its API key (never the key itself)."""
+    """The caller, by its key's name (`NAME=SECRET`, or a bare secret's fingerprint),
+    never the secret itself. Records, idempotency keys and rate limits belong to the
+    name, so a rotated secret (`billing=old,billing=new`) sees the same records."""
 
-    fingerprint: str
-
-
-@functools.cache  # only configured keys get here (after they matched): a bounded set
-def key_fingerprint(key: str) -> str:
-    """A short, stable, non-reversible name for an API key, for scopes and buckets."""
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+    name: str
 
 
 def authenticate(settings: Settings, presented: str | None) -> Client | None:
@@ -59,9 +52,9 @@ def authenticate(settings: Settings, presented: str | None) -> Client | None:
     raw = presented.encode("latin-1", "replace")
     matched: str | None = None
     for key in settings.api_keys:
-        if hmac.compare_digest(raw, key.encode()):
-            matched = key
-    return None if matched is None else Client(key_fingerprint(matched))
+        if hmac.compare_digest(raw, key.secret.encode()):
+            matched = key.name
+    return None if matched is None else Client(matched)
 
 
 def has_valid_key(settings: Settings, presented: str | None) -> bool:
@@ -104,7 +97,7 @@ async def send_context(request: Request, key: KeyHeader) -> SendContext:
     client = await require_api_key(services, key)
     limiter = services.rate_limiter
     if limiter is not None:
-        wait = limiter.acquire(client.fingerprint)
+        wait = limiter.acquire(client.name)
         if wait is not None:
             services.metrics.rejected.labels("rate_limited").inc()
             raise HTTPException(

@@ -66,7 +66,7 @@ def database_unavailable() -> HTTPException:
 def install_error_handlers(
     app: FastAPI, settings: Settings, has_valid_key: Callable[[Settings, str | None], bool]
 ) -> None:
-    protected = {"/send", "/send_async"}
+    protected = {"/send", "/send_async", "/send_batch"}
     default_handler = app.exception_handlers[RequestValidationError]
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
@@ -74,7 +74,7 @@ def install_error_handlers(
         # answer 422 before the key is checked. A caller without a valid key learns
         # nothing about our validation: 401 first.
         path = request.url.path
-        needs_key = path in protected or path.startswith("/messages/")
+        needs_key = path in protected or path.startswith("/messages")
         if needs_key and not has_valid_key(settings, request.headers.get("x-api-key")):
             return JSONResponse(
                 {"detail": _UNAUTHORIZED},

@@ -1,6 +1,7 @@
 """Idempotency-Key: a repeated request is answered with the first one's answer.
 
-The key is scoped to the API key (its fingerprint) and bound to a hash of the
+The key is scoped to the API key's name (a bare key's name is its fingerprint,
+as before names existed) and bound to a hash of the
 endpoint and the request, so the same key with another body is a 422, and a
 request still in progress is a 409.
 """
@@ -15,12 +16,12 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException
 from fastapi.responses import Response
+from pydantic import BaseModel
 
 from service.api.errors import EarlierAnswer, validation_error
 from service.api.offload import database_call
 from service.config import Settings
 from service.db import Outbox
-from service.models import SendRequest
 from service.types import IdempotencyRecord
 
 __all__ = ["IdempotencyKey", "raise_if_answered", "replay_after_race", "request_hash"]
@@ -28,19 +29,19 @@ __all__ = ["IdempotencyKey", "raise_if_answered", "replay_after_race", "request_
 
 @dataclass(frozen=True, slots=True)
 class IdempotencyKey:
-    scope: str  # "<api key fingerprint>:<Idempotency-Key>"
+    scope: str  # "<api key name>:<Idempotency-Key>"
     request_hash: str
 
     @classmethod
     def of(
-        cls, fingerprint: str, key: str | None, request: SendRequest, endpoint: str
+        cls, key_name: str, key: str | None, request: BaseModel, endpoint: str
     ) -> IdempotencyKey | None:
         if key is None:
             return None
-        return cls(f"{fingerprint}:{key}", request_hash(request, endpoint))
+        return cls(f"{key_name}:{key}", request_hash(request, endpoint))
 
 
-def request_hash(request: SendRequest, endpoint: str) -> str:
+def request_hash(request: BaseModel, endpoint: str) -> str:
     """sha256 of the endpoint and the canonical JSON of a validated request (sorted keys,
     no spaces). The endpoint is part of it: one key used on /send and then on
     /send_async is a different request (422), never a replay of the other's answer."""

@@ -10,7 +10,7 @@ __all__ = ["RateLimiter"]
 
 
 class RateLimiter:
-    """A token bucket per API key (by fingerprint): `rate` tokens a second, `burst` at most.
+    """A token bucket per API key name: `rate` tokens a second, `burst` at most.
 
     Buckets live in memory, one per configured key, so their number is bounded.
     """

@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+import time
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI
 from fastapi.responses import Response
 
-from service.api import accept, idempotency
-from service.api.deps import ClientDep, IdempotencyKeyDep, SendContext, SendContextDep, ServicesDep
-from service.api.errors import SHUTDOWN_RETRY_AFTER
+from service.api import accept, batch, records, suppressions
+from service.api.deps import IdempotencyKeyDep, SendContextDep, ServicesDep
 from service.api.offload import database_call, run_in_daemon_thread
-from service.api.sync_send import deliver_sync, rejected_model
-from service.errors import DatabaseUnavailable, IdempotencyKeyTaken, QueueFull, ShuttingDown
+from service.api.send_steps import accept_request, after_failed_insert, new_message, reserve_slots
+from service.api.sync_send import deliver_sync
 from service.ids import new_id
 from service.metrics import CONTENT_TYPE_LATEST
-from service.models import ErrorResponse, HealthResponse, MessageStatus, SendRequest, SendResponse
-from service.types import Mode, NewMessage, RenderedMessage
+from service.models import (
+    BatchResponse,
+    ErrorResponse,
+    HealthResponse,
+    MessageList,
+    MessageStatus,
+    SendRequest,
+    SendResponse,
+    SuppressionModel,
+    SuppressionPage,
+)
 
 __all__ = ["add_routes"]
 
@@ -26,6 +34,12 @@ logger = logging.getLogger(__name__)
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key"},
+}
+# The records' endpoints: the key, an id of this key's, the database.
+RECORD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    404: {"model": ErrorResponse, "description": "No message with this id for this key"},
+    503: {"model": ErrorResponse, "description": "Database unavailable"},
 }
 SEND_RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERROR_RESPONSES,
@@ -50,19 +64,31 @@ async def send_async(
     """Queue a message: answered 202 only once it is committed to the database."""
     services = context.services
     message_id = new_id()
-    key, rendered = await _accept(payload, context, idempotency_key, "send_async", message_id)
-    _reserve_slot(context)
+    key, rendered = await accept_request(
+        payload, context, idempotency_key, "send_async", message_id
+    )
+    send_at = accept.send_time(payload, time.time())
+    # A scheduled message counts toward QUEUE_MAXSIZE only once it is due.
+    scheduled = send_at is not None
+    if not scheduled:
+        reserve_slots(context, 1)
     answer = SendResponse(
-        ok=True, id=message_id, status="queued", message_id=rendered.message_id
+        ok=True,
+        id=message_id,
+        status="scheduled" if scheduled else "queued",
+        message_id=rendered.message_id,
     ).model_dump_json()
-    new = _new_message(message_id, "async", rendered, payload, key, 202, answer)
+    new = new_message(
+        message_id, "async", rendered, payload, context, key, 202, answer, send_at=send_at
+    )
     committed = False
 
     def hand_to_workers() -> None:
         # Right after the commit (see group_commit.py).
         nonlocal committed
         committed = True
-        services.worker.enqueue(message_id)
+        if not scheduled:
+            services.worker.enqueue(message_id)
 
     try:
         await services.committer.insert(new, on_commit=hand_to_workers)
@@ -71,9 +97,9 @@ async def send_async(
         # queued and keeps its slot. Before it, the insert may still be committed
         # later (it is in the writer's queue): hand_to_workers then queues it all
         # the same, and the scheduler's backlog re-sync corrects the count.
-        if not committed:
+        if not committed and not scheduled:
             services.worker.release()
-        return await _after_failed_insert(exc, context, key)
+        return await after_failed_insert(exc, context, key, [payload])
     services.metrics.accepted.labels("send_async").inc()
     logger.debug("queued %s", message_id, extra={"message_id": rendered.message_id})
     return Response(content=answer, status_code=202, media_type="application/json")
@@ -85,40 +111,20 @@ async def send(
     """Send now and answer with the outcome: 200 sent, 500 failed (retries included)."""
     services = context.services
     message_id = new_id()
-    key, rendered = await _accept(payload, context, idempotency_key, "send", message_id)
-    new = _new_message(message_id, "sync", rendered, payload, key)
+    accept.refuse_send_at(payload)
+    key, rendered = await accept_request(payload, context, idempotency_key, "send", message_id)
+    new = new_message(message_id, "sync", rendered, payload, context, key)
     try:
         # Through the committer like /send_async: batched with the other inserts,
         # and never a database round trip on the event loop with PostgreSQL.
         await services.committer.insert(new)
     except BaseException as exc:
-        return await _after_failed_insert(exc, context, key)
+        return await after_failed_insert(exc, context, key, [payload])
     services.metrics.accepted.labels("send").inc()
     code, answer = await run_in_daemon_thread(
         services.smtp_slots, deliver_sync, services, message_id, rendered
     )
     return Response(content=answer, status_code=code, media_type="application/json")
-
-
-async def get_message(message_id: str, client: ClientDep, services: ServicesDep) -> MessageStatus:
-    """A message's record: status, attempts, last error, times. Never its body."""
-    outbox = services.outbox
-    record = await database_call(outbox, outbox.get, message_id)
-    if record is None:
-        raise HTTPException(status_code=404, detail="no message with this id")
-    return MessageStatus(
-        id=record.id,
-        status=record.status,
-        attempts=record.attempts,
-        last_error=record.last_error,
-        created_at=_iso(record.created_at) or "",
-        updated_at=_iso(record.updated_at) or "",
-        sent_at=_iso(record.sent_at),
-        message_id=record.message_id,
-        to=record.to,
-        subject=record.subject,
-        rejected=[rejected_model(item) for item in record.rejected],
-    )
 
 
 async def metrics_endpoint(services: ServicesDep) -> Response:
@@ -156,16 +162,85 @@ def add_routes(app: FastAPI, *, metrics: bool) -> None:
         tags=["mail"],
     )
     app.add_api_route(
-        "/messages/{message_id}",
-        get_message,
-        methods=["GET"],
-        response_model=MessageStatus,
+        "/send_batch",
+        batch.send_batch,
+        methods=["POST"],
+        status_code=202,
+        response_model=BatchResponse,
         responses={
-            **ERROR_RESPONSES,
-            404: {"model": ErrorResponse, "description": "No message with this id"},
-            503: {"model": ErrorResponse, "description": "Database unavailable"},
+            **SEND_RESPONSES,
+            413: {
+                "model": ErrorResponse,
+                "description": "Body over BATCH_MAX_BYTES, or an item's built message over "
+                "MAX_MESSAGE_BYTES",
+            },
+            503: {
+                "model": ErrorResponse,
+                "description": "No room for the whole batch, database unavailable or shutting "
+                "down; see Retry-After. Nothing was stored.",
+            },
         },
         tags=["mail"],
+    )
+    app.add_api_route(
+        "/messages",
+        records.list_messages,
+        methods=["GET"],
+        response_model=MessageList,
+        responses={**ERROR_RESPONSES, 503: RECORD_RESPONSES[503]},
+        tags=["records"],
+    )
+    app.add_api_route(
+        "/messages/{message_id}",
+        records.get_message,
+        methods=["GET"],
+        response_model=MessageStatus,
+        responses=RECORD_RESPONSES,
+        tags=["records"],
+    )
+    app.add_api_route(
+        "/messages/{message_id}/cancel",
+        records.cancel_message,
+        methods=["POST"],
+        response_model=MessageStatus,
+        responses={
+            **RECORD_RESPONSES,
+            409: {"model": ErrorResponse, "description": "Not scheduled or queued any more"},
+        },
+        tags=["records"],
+    )
+    app.add_api_route(
+        "/suppressions",
+        suppressions.list_suppressions,
+        methods=["GET"],
+        response_model=SuppressionPage,
+        responses={**ERROR_RESPONSES, 503: RECORD_RESPONSES[503]},
+        tags=["suppressions"],
+    )
+    app.add_api_route(
+        "/suppressions/{address}",
+        suppressions.put_suppression,
+        methods=["PUT"],
+        response_model=SuppressionModel,
+        responses={
+            **ERROR_RESPONSES,
+            201: {"model": SuppressionModel, "description": "Added"},
+            503: RECORD_RESPONSES[503],
+        },
+        tags=["suppressions"],
+    )
+    app.add_api_route(
+        "/suppressions/{address}",
+        suppressions.delete_suppression,
+        methods=["DELETE"],
+        status_code=204,
+        response_class=Response,
+        responses={
+            **ERROR_RESPONSES,
+            404: {"model": ErrorResponse, "description": "Not on the list"},
+            503: RECORD_RESPONSES[503],
+        },
+        tags=["suppressions"],
     )
     if metrics:
         app.add_api_route(
@@ -176,85 +251,3 @@ def add_routes(app: FastAPI, *, metrics: bool) -> None:
             response_class=Response,
             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
         )
-
-
-# -- the steps ----------------------------------------------------------------------
-
-
-async def _accept(
-    payload: SendRequest, context: SendContext, key: str | None, endpoint: str, message_id: str
-) -> tuple[idempotency.IdempotencyKey | None, RenderedMessage]:
-    """Checks, then the message rendered as `message_id`, with its idempotency key.
-    Raises EarlierAnswer when the Idempotency-Key was used before."""
-    services = context.services
-    accept.check_request(payload, services.settings, services.sender_policy)
-    scoped = idempotency.IdempotencyKey.of(context.client.fingerprint, key, payload, endpoint)
-    if scoped is not None:
-        await idempotency.raise_if_answered(services.outbox, scoped, services.settings)
-    rendered = accept.render(payload, services.settings, message_id)
-    if rendered.smtputf8:
-        await accept.check_relay_can_carry(rendered, services.relay_features, services.smtp_slots)
-    return scoped, rendered
-
-
-def _reserve_slot(context: SendContext) -> None:
-    """One place in the backlog bound, or a 503 with Retry-After."""
-    services = context.services
-    try:
-        services.worker.reserve()
-    except QueueFull as exc:
-        services.metrics.rejected.labels("queue_full").inc()
-        raise HTTPException(
-            status_code=503,
-            detail="the queue is full; retry later",
-            headers={"Retry-After": str(exc.retry_after)},
-        ) from None
-    except ShuttingDown:
-        services.metrics.rejected.labels("shutting_down").inc()
-        raise HTTPException(
-            status_code=503,
-            detail="shutting down; retry later",
-            headers={"Retry-After": str(SHUTDOWN_RETRY_AFTER)},
-        ) from None
-
-
-def _new_message(
-    message_id: str,
-    mode: Mode,
-    rendered: RenderedMessage,
-    payload: SendRequest,
-    key: idempotency.IdempotencyKey | None,
-    response_code: int | None = None,
-    response_body: str | None = None,
-) -> NewMessage:
-    return NewMessage(
-        id=message_id,
-        mode=mode,
-        rendered=rendered,
-        to=payload.to,
-        subject=payload.subject,
-        idempotency_scope=key.scope if key else None,
-        request_hash=key.request_hash if key else None,
-        response_code=response_code,
-        response_body=response_body,
-    )
-
-
-async def _after_failed_insert(
-    exc: BaseException, context: SendContext, key: idempotency.IdempotencyKey | None
-) -> Response:
-    """A concurrent request with the same key won: replay it. The database is gone:
-    count it and answer 503. Anything else (cancellation included) propagates."""
-    services = context.services
-    if isinstance(exc, IdempotencyKeyTaken) and key is not None:
-        return await idempotency.replay_after_race(services.outbox, key, services.settings)
-    if isinstance(exc, DatabaseUnavailable):
-        services.metrics.rejected.labels("database_unavailable").inc()
-        logger.warning("database unavailable; answered 503")
-    raise exc
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat(timespec="milliseconds")

@@ -9,9 +9,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from service.db.schema import attempts_table, messages_table
-from service.db.statements import attempt_row, rejected_json
-from service.db.store import Store
+from service.db.schema import attempts_table, events_table, messages_table
+from service.db.statements import rejected_json
+from service.db.store import HeldConnection, Store
 from service.types import ClaimedMessage, Outcome, RenderedMessage
 
 __all__ = ["INTERRUPTED_SYNC_ERROR", "DeliveryWrites"]
@@ -45,7 +45,7 @@ class DeliveryWrites(Store):
         owner: str,
         lease_seconds: float,
         *,
-        acceptances_written: bool = False,
+        accepted: Sequence[Outcome] | None = None,
     ) -> list[ClaimedMessage]:
         """record_outcomes() and then claim(), in one transaction: one commit per
         batch on the delivery path instead of two.
@@ -53,28 +53,39 @@ class DeliveryWrites(Store):
         Either both happen or neither (DatabaseUnavailable): the claimed rows are
         in `sending` under a lease exactly as after claim().
         """
-        if not outcomes:
+        if not outcomes and not accepted:
             return self.claim(ids, owner, lease_seconds)
         now = self._clock()
         with self._driver() as cursor:
-            self._record_in(cursor, outcomes, now, acceptances_written)
+            self._record_in(cursor, outcomes, now, accepted)
             if not ids:
                 return []
             return self._claim_in(cursor, ids, owner, lease_seconds, now)
 
-    def record_acceptances(self, outcomes: Sequence[Outcome]) -> None:
-        """The relay took these messages: their `sent` attempt rows, one small
-        transaction (one table page, no message row or index touched), written
-        before each connection's next final dot. The messages' own rows follow
-        with the batch (record_outcomes); until then a take-back finds the attempt
-        and records the message as sent instead of sending it again."""
+    def hold_connection(self) -> HeldConnection:
+        """A connection for record_acceptances to keep (close it when done)."""
+        return HeldConnection(self.engine, self._unavailable_on_error)
+
+    def record_acceptances(
+        self, outcomes: Sequence[Outcome], held: HeldConnection | None = None
+    ) -> None:
+        """The relay took these messages: their `sent` attempt rows and events (and
+        the recipients it refused for good), one small transaction (appends only: no
+        message row touched), written before each connection's next final dot, on
+        `held` if given. The messages'
+        own rows follow with the batch (record_outcomes); until then a take-back
+        finds the attempt and records the message as sent instead of sending it
+        again."""
         if not outcomes:
             return
-        now = self._clock()
+        logs = self._outcome_logs(outcomes, self._clock())
+        if held is not None:
+            held.executemany(*logs)
+            return
         with self._driver() as cursor:
-            cursor.executemany(
-                self._attempt.sql, [self._attempt.params(attempt_row(o, now)) for o in outcomes]
-            )
+            for sql, rows in logs:
+                if rows:
+                    cursor.executemany(sql, rows)
 
     def _claim_in(
         self, cursor: Any, ids: Sequence[str], owner: str, lease_seconds: float, now: float
@@ -135,23 +146,32 @@ class DeliveryWrites(Store):
         return max(result.rowcount, 0)
 
     def record_outcomes(
-        self, outcomes: Sequence[Outcome], *, acceptances_written: bool = False
+        self, outcomes: Sequence[Outcome], *, accepted: Sequence[Outcome] | None = None
     ) -> None:
         """Write statuses (sent / failed / queued with retry time) and attempt rows,
         one transaction.
+
+        With `accepted` (the delivery path), the sent outcomes' attempt rows are
+        not written from `outcomes`: each is either recorded already
+        (record_acceptances) or among `accepted`, written here, whichever batch
+        it came from. Without it every outcome's attempt row is written.
 
         A status is only written while the row is still in `sending` under the
         same attempt: if the lease ran out and another worker took the message,
         its newer state wins. The attempt row is logged either way.
         """
-        if not outcomes:
+        if not outcomes and not accepted:
             return
         now = self._clock()
         with self._driver() as cursor:
-            self._record_in(cursor, outcomes, now, acceptances_written)
+            self._record_in(cursor, outcomes, now, accepted)
 
     def _record_in(
-        self, cursor: Any, outcomes: Sequence[Outcome], now: float, acceptances_written: bool
+        self,
+        cursor: Any,
+        outcomes: Sequence[Outcome],
+        now: float,
+        accepted: Sequence[Outcome] | None,
     ) -> None:
         updates = []
         for outcome in outcomes:
@@ -171,16 +191,27 @@ class DeliveryWrites(Store):
                     }
                 )
             )
-        cursor.executemany(self._outcome.sql, updates)
-        # With acceptances_written, a sent attempt's row is there already
-        # (record_acceptances, before the connection's next final dot).
-        attempts = [
-            self._attempt.params(attempt_row(o, now))
-            for o in outcomes
-            if o.error is not None or not acceptances_written
-        ]
-        if attempts:
-            cursor.executemany(self._attempt.sql, attempts)
+        if updates:
+            cursor.executemany(self._outcome.sql, updates)
+        rows: Sequence[Outcome] = outcomes
+        if accepted is not None:
+            rows = [*(o for o in outcomes if o.error is not None), *accepted]
+        for sql, params in self._outcome_logs(rows, now):
+            if params:
+                cursor.executemany(sql, params)
+
+    def release_scheduled(self) -> int:
+        """scheduled -> queued for the messages whose send_at has come (due at their
+        send_at, so they go ahead of later mail). A read first, from the index, so
+        that a poll with nothing due takes no write lock."""
+        now = self._clock()
+        due = sa.and_(_m.status == "scheduled", _m.next_attempt_at <= now)
+        with self._read() as conn:
+            if conn.execute(sa.select(_m.id).where(due).limit(1)).first() is None:
+                return 0
+        statement = messages_table.update().where(due).values(status="queued", updated_at=now)
+        with self._tx() as conn:
+            return max(int(conn.execute(statement).rowcount), 0)
 
     def due_ids(self, limit: int) -> list[str]:
         """Ids of async messages that are queued and due now, oldest due first."""
@@ -245,6 +276,27 @@ class DeliveryWrites(Store):
                 .where(condition, _m.mode == "sync")
                 .values(status="failed", last_error=INTERRUPTED_SYNC_ERROR, **released)
             ).rowcount
+            if failed and self.webhook_state is not None:
+                # The events of the rows this UPDATE failed (their time is this
+                # `now`), read after it: another instance's take-back at the same
+                # moment fails other rows, so no row gets two.
+                conn.execute(
+                    events_table.insert().from_select(
+                        ["message_id", "type", "at", "detail", "webhook"],
+                        sa.select(
+                            _m.id,
+                            sa.literal("message.failed"),
+                            sa.literal(now),
+                            sa.literal(INTERRUPTED_SYNC_ERROR),
+                            sa.literal(self.webhook_state, sa.String),
+                        ).where(
+                            _m.mode == "sync",
+                            _m.status == "failed",
+                            _m.updated_at == now,
+                            _m.last_error == INTERRUPTED_SYNC_ERROR,
+                        ),
+                    )
+                )
         if sent or requeued or failed:
             log.warning(
                 "took back claims (%s): %d async message(s) the relay had taken recorded "

@@ -15,21 +15,32 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
-from service.db.schema import messages_table
-from service.types import MessageRecord, Outcome, RejectedRecipient, Status
+from service.db.schema import events_table, messages_table, suppressions_table
+from service.syntax import suppression_key
+from service.types import AttachmentInfo, Event, MessageRecord, Outcome, RejectedRecipient, Status
 
 __all__ = [
     "ATTEMPT_COLUMNS",
     "CLAIM_NAMES",
+    "EVENT_COLUMNS",
     "INSERT_COLUMNS",
     "OUTCOME_NAMES",
+    "SUPPRESSION_COLUMNS",
+    "TAG_COLUMNS",
     "DriverStatement",
+    "attachments_from_json",
+    "attachments_json",
     "attempt_row",
     "claim_statement",
+    "event_if_recorded_statement",
+    "event_row",
+    "hard_refusals",
     "outcome_statement",
     "record_from_row",
     "rejected_json",
+    "suppression_insert",
 ]
 
 _m = messages_table.c
@@ -56,7 +67,13 @@ INSERT_COLUMNS = (
     "request_hash",
     "response_code",
     "response_body",
+    "key_name",
+    "tags",
+    "meta",
+    "send_at",
+    "attachments",
 )
+TAG_COLUMNS = ("message_id", "key_name", "tag")
 
 
 # The names outcome_statement binds, and the columns of an attempt row.
@@ -72,7 +89,39 @@ OUTCOME_NAMES = (
     "b_now",
 )
 ATTEMPT_COLUMNS = ("message_id", "number", "started_at", "finished_at", "outcome", "code", "error")
+EVENT_COLUMNS = ("message_id", "type", "at", "attempt", "code", "detail", "recipient", "webhook")
+SUPPRESSION_COLUMNS = ("address", "reason", "created_at", "message_id", "detail")
 CLAIM_NAMES = ("b_now", "b_lease_until", "b_owner")
+
+
+def attachments_json(attachments: Sequence[AttachmentInfo]) -> str | None:
+    if not attachments:
+        return None
+    return json.dumps(
+        [
+            {
+                "filename": a.filename,
+                "content_type": a.content_type,
+                "size": a.size,
+                "content_id": a.content_id,
+            }
+            for a in attachments
+        ]
+    )
+
+
+def attachments_from_json(text: str | None) -> list[AttachmentInfo]:
+    if not text:
+        return []
+    return [
+        AttachmentInfo(
+            filename=a["filename"],
+            content_type=a["content_type"],
+            size=int(a["size"]),
+            content_id=a.get("content_id"),
+        )
+        for a in json.loads(text)
+    ]
 
 
 def rejected_json(rejected: Sequence[RejectedRecipient]) -> str | None:
@@ -169,7 +218,7 @@ class DriverStatement:
 
     def __init__(
         self,
-        statement: sa.Insert | sa.Update,
+        statement: sa.Insert | sa.Update | sa.Select[Any],
         dialect: sa.Dialect,
         names: Sequence[str],
         *,
@@ -205,7 +254,75 @@ def attempt_row(outcome: Outcome, now: float) -> dict[str, Any]:
     }
 
 
-def record_from_row(row: Any) -> MessageRecord:
+def event_type(outcome: Outcome) -> str:
+    """The event an attempt's outcome is: sent, deferred (it will be retried) or failed."""
+    if outcome.error is None:
+        return "message.sent"
+    return "message.deferred" if outcome.status == "queued" else "message.failed"
+
+
+def event_row(outcome: Outcome, now: float, webhook: str | None) -> dict[str, Any]:
+    """The events table's row for one attempt's outcome; `webhook` is "pending" when a
+    receiver is configured."""
+    error = outcome.error
+    return {
+        "message_id": outcome.id,
+        "type": event_type(outcome),
+        "at": now,
+        "attempt": outcome.attempt,
+        "code": error.code if error is not None else None,
+        "detail": str(error) if error is not None else None,
+        "recipient": error.recipient if error is not None else None,
+        "webhook": webhook,
+    }
+
+
+def event_if_recorded_statement() -> sa.Insert:
+    """The event of a failed attempt, written only if the message's row took that
+    attempt's outcome (its UPDATE set `updated_at` to the event's time under the
+    same attempt): a stale claim's failure, whose outcome was not written, gets no
+    event either. A relay's acceptance is an event whatever the row says: it
+    happened (record_acceptances writes it before the row)."""
+    c = events_table.c
+    binds = {name: sa.bindparam(name, type_=c[name].type) for name in EVENT_COLUMNS}
+    recorded = sa.exists().where(
+        _m.id == binds["message_id"],
+        _m.updated_at == binds["at"],
+        _m.attempts == binds["attempt"],
+    )
+    return events_table.insert().from_select(
+        list(EVENT_COLUMNS), sa.select(*binds.values()).where(recorded)
+    )
+
+
+def hard_refusals(outcome: Outcome, now: float) -> list[dict[str, Any]]:
+    """Suppression rows for the recipients the relay refused with a 5xx at RCPT: those
+    it refused while taking the others, and those of a message it refused whole."""
+    refused = [(r.recipient, r.code, r.message) for r in outcome.rejected]
+    if outcome.error is not None:
+        refused.extend(outcome.error.refused)
+    return [
+        {
+            "address": suppression_key(address),
+            "reason": "hard_bounce",
+            "created_at": now,
+            "message_id": outcome.id,
+            "detail": f"{code} {text}".strip(),
+        }
+        for address, code, text in refused
+        if 500 <= code <= 599
+    ]
+
+
+def suppression_insert(dialect: sa.Dialect) -> sa.Insert:
+    """INSERT of a suppression that leaves an address already listed as it is (the
+    first reason and time are kept)."""
+    if dialect.name == "postgresql":
+        return postgresql.insert(suppressions_table).on_conflict_do_nothing()
+    return sqlite.insert(suppressions_table).on_conflict_do_nothing()
+
+
+def record_from_row(row: Any, events: list[Event] | None = None) -> MessageRecord:
     return MessageRecord(
         id=row.id,
         status=cast("Status", row.status),
@@ -218,4 +335,9 @@ def record_from_row(row: Any) -> MessageRecord:
         to=json.loads(row.to_addrs),
         subject=row.subject,
         rejected=rejected_from_json(row.rejected),
+        tags=json.loads(row.tags) if row.tags else [],
+        metadata=json.loads(row.meta) if row.meta else {},
+        send_at=row.send_at,
+        attachments=attachments_from_json(row.attachments),
+        events=events or [],
     )

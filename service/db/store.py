@@ -3,8 +3,9 @@ transactions, and the one place where driver errors become DatabaseUnavailable."
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -13,22 +14,38 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from service.db.engine import sqlite_path
-from service.db.schema import attempts_table, messages_table
+from service.db.schema import (
+    attempts_table,
+    events_table,
+    message_tags_table,
+    messages_table,
+    suppressions_table,
+)
 from service.db.statements import (
     ATTEMPT_COLUMNS,
     CLAIM_NAMES,
+    EVENT_COLUMNS,
     INSERT_COLUMNS,
     OUTCOME_NAMES,
+    SUPPRESSION_COLUMNS,
+    TAG_COLUMNS,
     DriverStatement,
+    attempt_row,
     claim_statement,
+    event_if_recorded_statement,
+    event_row,
+    hard_refusals,
     outcome_statement,
+    suppression_insert,
 )
 from service.errors import DatabaseUnavailable
+from service.syntax import suppression_key
+from service.types import Outcome
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
-__all__ = ["DatabaseErrors", "Store"]
+__all__ = ["DatabaseErrors", "HeldConnection", "Store"]
 
 
 class DatabaseErrors:
@@ -57,6 +74,55 @@ class DatabaseErrors:
             raise DatabaseUnavailable(f"database busy: {exc}") from exc
 
 
+class HeldConnection:
+    """One pooled DBAPI connection kept checked out for a stream of small
+    transactions (the acceptances: one per message, or per few): no pool checkout,
+    reset and, with PostgreSQL, ping per transaction. After an error it goes back
+    to the pool (which rolls it back, or drops it if dead) and the next
+    transaction checks out another. Thread-safe; close() returns it."""
+
+    def __init__(self, engine: Engine, errors: DatabaseErrors) -> None:
+        self._engine = engine
+        self._errors = errors
+        self._lock = threading.Lock()
+        self._conn: Any = None
+
+    def executemany(self, *statements: tuple[str, list[Any]]) -> None:
+        """Each `(sql, rows)` over its rows, in one transaction, committed."""
+        with self._lock, self._errors:
+            conn, self._conn = self._conn, None
+            if conn is None:
+                conn = self._engine.raw_connection()
+            # The driver's own connection: the pool's proxy forwards each attribute
+            # through __getattr__.
+            driver = conn.driver_connection
+            try:
+                cursor = driver.cursor()
+                try:
+                    for sql, rows in statements:
+                        if rows:
+                            cursor.executemany(sql, rows)
+                finally:
+                    cursor.close()
+                driver.commit()
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+
+    def close(self) -> None:
+        # A write stuck on a database that stopped answering keeps the lock: do not
+        # wait for it at exit (the process's end closes the connection).
+        if not self._lock.acquire(timeout=1.0):
+            return
+        try:
+            conn, self._conn = self._conn, None
+        finally:
+            self._lock.release()
+        if conn is not None:
+            conn.close()
+
+
 class Store:
     """The plumbing under Outbox. Thread-safe (one engine, pooled).
 
@@ -72,8 +138,13 @@ class Store:
         clock: Callable[[], float] = time.time,
         lease_seconds: float = 60.0,
         instance: str | None = None,
+        webhooks: bool = False,
     ) -> None:
         self.engine = engine
+        # What an event's `webhook` column starts as: pending for the dispatcher
+        # when a receiver is configured; NULL (nobody to tell) for the events
+        # written without one (bounces, which the timeline shows).
+        self.webhook_state: str | None = "pending" if webhooks else None
         # Who this process's claims are made under (INSTANCE_ID): the sync rows it
         # inserts in `sending` carry it, so that its next start finds them.
         self.instance = instance
@@ -93,10 +164,25 @@ class Store:
             messages_table.insert(), dialect, INSERT_COLUMNS, column_keys=INSERT_COLUMNS
         )
         self._claims: dict[int, DriverStatement] = {}
+        self._lookups: dict[int, DriverStatement] = {}  # suppressions, by address count
         self._outcome = DriverStatement(outcome_statement(), dialect, OUTCOME_NAMES)
-        self._attempt_insert = attempts_table.insert()
         self._attempt = DriverStatement(
-            self._attempt_insert, dialect, ATTEMPT_COLUMNS, column_keys=ATTEMPT_COLUMNS
+            attempts_table.insert(), dialect, ATTEMPT_COLUMNS, column_keys=ATTEMPT_COLUMNS
+        )
+        self._event = DriverStatement(
+            events_table.insert(), dialect, EVENT_COLUMNS, column_keys=EVENT_COLUMNS
+        )
+        self._event_if_recorded = DriverStatement(
+            event_if_recorded_statement(), dialect, EVENT_COLUMNS
+        )
+        self._suppress = DriverStatement(
+            suppression_insert(dialect),
+            dialect,
+            SUPPRESSION_COLUMNS,
+            column_keys=SUPPRESSION_COLUMNS,
+        )
+        self._tag_insert = DriverStatement(
+            message_tags_table.insert(), dialect, TAG_COLUMNS, column_keys=TAG_COLUMNS
         )
         self._dbapi: Any = dialect.loaded_dbapi
         self._unavailable_on_error = DatabaseErrors(self._dbapi)
@@ -129,6 +215,59 @@ class Store:
                 # the connection if even that fails (a dead server connection), as it
                 # does for SQLAlchemy's own statements.
                 conn.close()
+
+    def _outcome_logs(
+        self, outcomes: Sequence[Outcome], now: float
+    ) -> tuple[tuple[str, list[Any]], ...]:
+        """What every recorded attempt writes beside its message's row, in the same
+        transaction: its attempt row, the addresses it found refused for good (the
+        suppression list) and, when a webhook receiver is configured, its event (a
+        failure's only if the row took it: statements.event_if_recorded_statement).
+        As `(sql, rows)` for executemany; after the message rows' UPDATE."""
+        # Events go to the events table only for a receiver: the timeline reads
+        # delivery outcomes from the attempt log (service/timeline.py).
+        notify = self.webhook_state is not None
+        sent = [o for o in outcomes if o.error is None] if notify else []
+        failed = [o for o in outcomes if o.error is not None] if notify else []
+        return (
+            (self._attempt.sql, [self._attempt.params(attempt_row(o, now)) for o in outcomes]),
+            (
+                self._event.sql,
+                [self._event.params(event_row(o, now, self.webhook_state)) for o in sent],
+            ),
+            (
+                self._event_if_recorded.sql,
+                [
+                    self._event_if_recorded.params(event_row(o, now, self.webhook_state))
+                    for o in failed
+                ],
+            ),
+            (
+                self._suppress.sql,
+                [self._suppress.params(row) for o in outcomes for row in hard_refusals(o, now)],
+            ),
+        )
+
+    def _listed(self, cursor: Any, addresses: Iterable[str]) -> set[str]:
+        """Which of `addresses` are on the suppression list, in their suppression_key
+        form: one lookup by primary key, compiled once per count and run on the DBAPI
+        cursor (it is in every send's insert, where SQLAlchemy's execution layer
+        would cost several times what SQLite takes to answer)."""
+        wanted = sorted({suppression_key(a) for a in addresses})
+        if not wanted:
+            return set()
+        statement = self._lookups.get(len(wanted))
+        if statement is None:
+            names = [f"b{n}" for n in range(len(wanted))]
+            address = suppressions_table.c.address
+            query = sa.select(address).where(
+                address.in_([sa.bindparam(name, type_=sa.Text) for name in names])
+            )
+            statement = self._lookups[len(wanted)] = DriverStatement(
+                query, self.engine.dialect, names
+            )
+        cursor.execute(statement.sql, statement.params({f"b{n}": a for n, a in enumerate(wanted)}))
+        return {row[0] for row in cursor.fetchall()}
 
     def _claim_for(self, count: int) -> DriverStatement:
         statement = self._claims.get(count)

@@ -18,7 +18,7 @@ from service.errors import DeliveryError, PermanentDeliveryError, TemporaryDeliv
 from service.mailer.classify import SMTPProtocolError, classify
 from service.mailer.connection import SMTPConnection, connection_factory
 from service.mailer.pool import ConnectionPool
-from service.mailer.render import render_message
+from service.mailer.render import file_parts, render_message
 from service.mailer.smtp import make_ssl_context
 from service.types import RejectedRecipient, RenderedMessage, SendResult
 
@@ -34,6 +34,7 @@ __all__ = [
     "TemporaryDeliveryError",
     "classify",
     "connection_factory",
+    "file_parts",
     "make_ssl_context",
     "render_message",
 ]

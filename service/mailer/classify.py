@@ -44,6 +44,7 @@ def _classify(exc: BaseException, recipient: str | None) -> DeliveryError:
             error.reply = "all recipients refused: " + "; ".join(
                 f"{r}: {c} {t}" for r, c, t in refused
             )
+        error.refused = refused
         return error
     if isinstance(exc, smtplib.SMTPResponseException):
         return _by_code(exc.smtp_code, reply_text(exc.smtp_error), recipient)

@@ -8,6 +8,7 @@ here, so that rendering is safe on its own; the encoding itself is
 from __future__ import annotations
 
 import functools
+import mimetypes
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +26,7 @@ from service.types import RenderedMessage
 if TYPE_CHECKING:
     from service.models import SendRequest
 
-__all__ = ["render_message"]
+__all__ = ["file_parts", "render_message"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,7 @@ def render_message(
     """
     parties = _parties(request, default_from)
     extra = _extra_headers(request)
+    files = file_parts(request)
     smtputf8 = parties.smtputf8
     message_id = f"<{record_id or new_id()}@{parties.sender.domain}>"
     date = format_datetime(now) if now is not None else _date_now()
@@ -163,11 +165,12 @@ def render_message(
     # (the longest name).
     foldable = [("Subject", request.subject), *extra]
     foldable += [("Reply-To", a.display_name) for a in (p.sender, *p.to, *p.cc, *p.reply_to)]
-    if smtputf8 or not all(encode.compat32_folds(name, value) for name, value in foldable):
+    if files or smtputf8 or not all(encode.compat32_folds(name, value) for name, value in foldable):
         # The modern policy: it writes non-ASCII local parts as raw UTF-8 (RFC 6532;
-        # they cannot be RFC 2047-encoded) and splits over-long words.
+        # they cannot be RFC 2047-encoded), splits over-long words, and builds the
+        # multipart structure of a message with files.
         modern = _headers(top, parties, _header_addresses) + extra
-        data = encode.render_policy(modern, request.body, request.html, utf8=smtputf8)
+        data = encode.render_policy(modern, request.body, request.html, utf8=smtputf8, files=files)
     else:
         plain = _headers(top, parties, _header_text) + extra
         if encode.fast_body_ok(request.body) and encode.fast_body_ok(request.html):
@@ -181,6 +184,22 @@ def render_message(
         data=data,
         smtputf8=smtputf8,
     )
+
+
+def file_parts(request: SendRequest) -> list[encode.FilePart]:
+    """The request's attachments, each with its content type (guessed from the
+    filename when not given; application/octet-stream when nothing is known)."""
+    return [
+        encode.FilePart(
+            filename=a.filename,
+            content_type=a.content_type
+            or mimetypes.guess_type(a.filename, strict=False)[0]
+            or "application/octet-stream",
+            content=a.content,
+            content_id=a.content_id,
+        )
+        for a in request.attachments
+    ]
 
 
 def _header_text(items: list[_Address]) -> str:

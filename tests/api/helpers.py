@@ -50,12 +50,15 @@ def stored_rows(db_path: Path) -> list[dict[str, Any]]:
         return [dict(row) for row in conn.execute("SELECT * FROM messages")]
 
 
-def wait_status(client: TestClient, message_id: str, wanted: str) -> dict[str, Any]:
+def wait_status(
+    client: TestClient, message_id: str, wanted: str, headers: dict[str, str] = AUTH
+) -> dict[str, Any]:
+    """The record once it reaches `wanted`, read with the key in `headers`."""
     record: dict[str, Any] = {}
 
     def reached() -> bool:
         nonlocal record
-        record = client.get(f"/messages/{message_id}", headers=AUTH).json()
+        record = client.get(f"/messages/{message_id}", headers=headers).json()
         return bool(record.get("status") == wanted)
 
     wait_until(reached)

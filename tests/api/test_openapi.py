@@ -33,7 +33,17 @@ def test_api_key_security_scheme_is_declared(schema: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("post", "/send"), ("post", "/send_async"), ("get", "/messages/{message_id}")],
+    [
+        ("post", "/send"),
+        ("post", "/send_async"),
+        ("post", "/send_batch"),
+        ("get", "/messages"),
+        ("get", "/messages/{message_id}"),
+        ("post", "/messages/{message_id}/cancel"),
+        ("get", "/suppressions"),
+        ("put", "/suppressions/{address}"),
+        ("delete", "/suppressions/{address}"),
+    ],
 )
 def test_protected_operations_require_the_key(
     schema: dict[str, Any], method: str, path: str
@@ -52,7 +62,8 @@ def test_schemas_for_the_contract_models_are_present(schema: dict[str, Any]) -> 
     schemas = schema["components"]["schemas"]
     assert {"SendRequest", "SendResponse", "MessageStatus"} <= set(schemas)
     assert set(schemas["SendRequest"]["properties"]) == {
-        "to", "cc", "bcc", "subject", "body", "html", "from", "reply_to", "headers"
+        "to", "cc", "bcc", "subject", "body", "html", "from", "reply_to", "headers",
+        "attachments", "tags", "metadata", "send_at",
     }  # fmt: skip
     to_types = {option["type"] for option in schemas["SendRequest"]["properties"]["to"]["anyOf"]}
     assert to_types == {"string", "array"}
@@ -78,3 +89,37 @@ def test_schema_shows_no_secret(schema: dict[str, Any]) -> None:
     text = str(schema)
     for secret in (KEY, OTHER_KEY, "relay-secret"):
         assert secret not in text
+
+
+OUR_MODELS = (
+    "SendRequest",
+    "Attachment",
+    "SendResponse",
+    "RejectedRecipientModel",
+    "BatchRequest",
+    "BatchResponse",
+    "MessageStatus",
+    "MessageList",
+    "AttachmentSummary",
+    "EventModel",
+    "ErrorResponse",
+    "HealthResponse",
+)
+
+
+@pytest.mark.parametrize("name", OUR_MODELS)
+def test_every_field_of_our_models_is_described(schema: dict[str, Any], name: str) -> None:
+    properties = schema["components"]["schemas"][name]["properties"]
+    undocumented = [field for field, spec in properties.items() if not spec.get("description")]
+    assert undocumented == []
+
+
+@pytest.mark.parametrize("name", ["SendRequest", "Attachment", "BatchRequest", "MessageStatus"])
+def test_request_and_record_models_carry_examples(schema: dict[str, Any], name: str) -> None:
+    assert schema["components"]["schemas"][name]["examples"]
+
+
+def test_list_parameters_are_documented(schema: dict[str, Any]) -> None:
+    parameters = schema["paths"]["/messages"]["get"]["parameters"]
+    assert {p["name"] for p in parameters} == {"status", "tag", "to", "since", "limit", "cursor"}
+    assert all(p.get("description") for p in parameters)

@@ -47,10 +47,18 @@ def full_run(client: TestClient, relay: FakeSMTPServer) -> list[str]:
     sent = client.post("/send", json=message, headers=auth)
     assert sent.status_code == 200, sent.text
     answers.append(sent.text)
-    queued = client.post("/send_async", json=message, headers={"X-API-Key": OTHER_KEY})
+    other = {"X-API-Key": OTHER_KEY}
+    queued = client.post("/send_async", json=message, headers=other)
     assert queued.status_code == 202
     answers.append(queued.text)
-    answers.append(json.dumps(wait_status(client, queued.json()["id"], "sent")))
+    answers.append(json.dumps(wait_status(client, queued.json()["id"], "sent", other)))
+    answers.append(client.get("/messages", headers=other).text)
+    batch = client.post("/send_batch", json={"messages": [message]}, headers=auth)
+    assert batch.status_code == 202
+    answers.append(batch.text)
+    # Delivered before the refusal below: a 5xx at RCPT puts the address on the
+    # suppression list, and the batch's delivery must not be the one that meets it.
+    wait_status(client, batch.json()["results"][0]["id"], "sent", auth)
     relay.add_fault(FaultRule(stage="rcpt", action="reply", code=550, message="5.1.1 Unknown"))
     failed = client.post("/send", json=message, headers=auth)
     assert failed.status_code == 500

@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from service.db import DatabaseUnavailable, Outbox, messages_table
+from service.types import AttachmentInfo
 from tests.db.helpers import OutboxFactory, new_message
 from tests.helpers import FakeClock
 
@@ -27,7 +28,12 @@ def test_insert_writes_every_column_of_async_and_sync_rows(
     """Each value lands in its own column (the statement is positional on SQLite)."""
     async_message = new_message("async", recipient="a@example.com", subject="one", scope="fp:k")
     async_message = dataclasses.replace(
-        async_message, rendered=dataclasses.replace(async_message.rendered, smtputf8=True)
+        async_message,
+        rendered=dataclasses.replace(async_message.rendered, smtputf8=True),
+        key_name="billing",
+        tags=["t1", "t2"],
+        metadata={"order": "A-1"},
+        attachments=[AttachmentInfo("a.pdf", "application/pdf", 12)],
     )
     sync_message = new_message("sync", recipient="b@example.com", subject="two")
     outbox.insert(async_message)
@@ -60,6 +66,12 @@ def test_insert_writes_every_column_of_async_and_sync_rows(
         "request_hash": "hash-1",
         "response_code": 202,
         "response_body": '{"ok": true}',
+        "key_name": "billing",
+        "tags": '["t1", "t2"]',
+        "meta": '{"order": "A-1"}',
+        "send_at": None,
+        "attachments": '[{"filename": "a.pdf", "content_type": "application/pdf", "size": 12, '
+        '"content_id": null}]',
     }
     stored = row(outbox, sync_message.id)
     assert (stored["mode"], stored["status"], stored["smtputf8"]) == ("sync", "sending", False)

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from service import db
 from service.db import (
     INTERRUPTED_SYNC_ERROR,
+    DatabaseUnavailable,
     IdempotencyKeyTaken,
     Outbox,
     Outcome,
@@ -197,7 +198,7 @@ def test_a_taken_back_claim_whose_acceptance_was_recorded_is_sent_not_sent_again
     assert status_of(outbox, unsent.id) == "queued"
     # Recording the batch afterwards (a late writer) changes nothing and logs no
     # second attempt.
-    outbox.record_outcomes([Outcome(id=accepted.id, attempt=1)], acceptances_written=True)
+    outbox.record_outcomes([Outcome(id=accepted.id, attempt=1)], accepted=[])
     assert len(outbox.attempts(accepted.id)) == 1
 
 
@@ -506,3 +507,28 @@ def test_purge_drops_bodies_of_old_sent_messages_only(outbox: Outbox, clock: Fak
     record = outbox.get(old_sent.id)
     assert record is not None
     assert record.status == "sent"  # the log row stays
+
+
+def test_acceptances_on_a_held_connection_survive_a_failed_write(outbox: Outbox) -> None:
+    """A write that fails hands its connection back; the next one checks out another."""
+    message = new_message()
+    outbox.insert(message)
+    outbox.claim([message.id], "test-instance", 30)
+    held = outbox.hold_connection()
+    try:
+        integrity_error = outbox.engine.dialect.loaded_dbapi.IntegrityError
+        with pytest.raises(integrity_error):  # no such message: refused whole
+            outbox.record_acceptances([Outcome(id="0" * 32, attempt=1)], held)
+        outbox.record_acceptances([Outcome(id=message.id, attempt=1)], held)
+        if outbox.engine.dialect.name == "postgresql":
+            # The server drops the kept connection: one write fails, the next reconnects.
+            pid = held._conn.driver_connection.info.backend_pid
+            with outbox.engine.connect() as conn:
+                conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            with pytest.raises(DatabaseUnavailable):
+                outbox.record_acceptances([Outcome(id=message.id, attempt=2)], held)
+            outbox.record_acceptances([Outcome(id=message.id, attempt=3)], held)
+    finally:
+        held.close()
+    numbers = [a["number"] for a in outbox.attempts(message.id)]
+    assert numbers == ([1, 3] if outbox.engine.dialect.name == "postgresql" else [1])

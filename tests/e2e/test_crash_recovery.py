@@ -82,13 +82,19 @@ def count_status(database: str, status: str) -> int:
 
 @contextlib.contextmanager
 def stuck_service(
-    database: str, service_factory: Callable[..., ServiceProcess], stage: str
+    database: str,
+    service_factory: Callable[..., ServiceProcess],
+    stage: str,
+    *,
+    chunking: bool = False,
 ) -> Iterator[tuple[FakeSMTPServer, ServiceProcess, dict[str, str]]]:
     """A service that answered 202 to ACCEPTED messages, every delivery thread stuck
     at `stage` (mail: before the final dot; message: the relay holds its reply to
-    the dot) for 300 s; yields (relay, service, accepted)."""
+    the dot) for 300 s; yields (relay, service, accepted). The relay offers
+    CHUNKING only if asked: with it the whole message, its end included, goes with
+    the envelope, so a thread stuck at MAIL is already past its "dot"."""
     blocked = FaultRule(stage=stage, action="delay", delay=300)
-    with FakeSMTPServer(faults=[blocked]) as smtp:
+    with FakeSMTPServer(faults=[blocked], chunking=chunking) as smtp:
         service = service_factory(service_env(database, smtp.port))
         service.start()
         accepted = accept_messages(service)
@@ -164,6 +170,27 @@ def test_sigterm_hands_back_every_claim_before_its_dot_and_exits_within_grace(
         assert count_status(database, "sending") == 0
         assert count_status(database, "queued") == ACCEPTED
 
+        _, took = restart_and_deliver(database, service_factory, smtp, accepted, first.port)
+        assert took < RECOVERY_BOUND
+        assert max(copies(smtp).values()) == 1
+        assert len(copies(smtp)) == ACCEPTED
+
+
+def test_sigterm_with_chunking_leaves_the_messages_written_whole_in_sending(
+    database: str, service_factory: Callable[..., ServiceProcess]
+) -> None:
+    """With CHUNKING a message's end goes in the envelope's write: a relay stuck at
+    MAIL may still take it, so those stay `sending` (one per connection) and the
+    restart takes them back; the rest went back to `queued`. None arrives twice."""
+    with stuck_service(database, service_factory, "mail", chunking=True) as (
+        smtp,
+        first,
+        accepted,
+    ):
+        code, _ = first.terminate(timeout=30)
+        assert code == 0
+        assert count_status(database, "sending") == CONCURRENCY
+        assert count_status(database, "queued") == ACCEPTED - CONCURRENCY
         _, took = restart_and_deliver(database, service_factory, smtp, accepted, first.port)
         assert took < RECOVERY_BOUND
         assert max(copies(smtp).values()) == 1

@@ -16,11 +16,14 @@ from tests.mailer.helpers import Handler, RawServer
 __all__ = ["fakesmtp", "fakesmtp_factory"]
 
 
-@pytest.fixture(params=["pipelining", "one-at-a-time"])
+@pytest.fixture(params=["chunking", "pipelining", "one-at-a-time"])
 def fakesmtp(request: pytest.FixtureRequest, fakesmtp_factory: FakeSMTPFactory) -> FakeSMTPServer:
-    """fakesmtp offering PIPELINING (the client's two-round-trip path), and not (one
-    command per round trip): every connection test runs against both."""
-    return fakesmtp_factory(pipelining=request.param == "pipelining")
+    """fakesmtp offering PIPELINING and CHUNKING (the client's one-round-trip path),
+    PIPELINING alone (two round trips), and neither (one command per round trip):
+    every connection test runs against all three."""
+    return fakesmtp_factory(
+        pipelining=request.param != "one-at-a-time", chunking=request.param == "chunking"
+    )
 
 
 @pytest.fixture(scope="module")

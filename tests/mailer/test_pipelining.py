@@ -1,6 +1,7 @@
 """PIPELINING (RFC 2920): the envelope in one write, replies matched in order, an
-owed RSET sent with the next envelope. Round trips are counted as the client's
-writes that wait for a reply: two per message where the relay pipelines."""
+owed RSET sent with the next envelope; with CHUNKING (RFC 3030) the message goes in
+that write too. Round trips are counted as the client's writes that wait for a
+reply: two per message where the relay pipelines, one where it also chunks."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from fakesmtp import FakeSMTPServer, FaultRule
 from fakesmtp.pytest_plugin import FakeSMTPFactory
+from service.errors import ClaimReleased
 from service.mailer import PermanentDeliveryError, RejectedRecipient, SMTPConnection
 from service.mailer import smtp as mailer_smtp
 from tests.mailer.helpers import message, settings_for
@@ -48,7 +50,7 @@ def opened(server: FakeSMTPServer, writes: list[bytes]) -> Iterator[SMTPConnecti
 def test_a_message_takes_two_writes_where_the_relay_pipelines(
     fakesmtp_factory: FakeSMTPFactory, writes: list[bytes]
 ) -> None:
-    server = fakesmtp_factory(pipelining=True)
+    server = fakesmtp_factory(pipelining=True, chunking=False)
     with opened(server, writes) as connection:
         connection.send(message(RECIPIENTS))
         connection.send(message(RECIPIENTS))
@@ -79,7 +81,7 @@ def test_without_pipelining_every_command_waits_for_its_reply(
 def test_partial_refusals_are_matched_to_their_recipients(
     fakesmtp_factory: FakeSMTPFactory, writes: list[bytes]
 ) -> None:
-    server = fakesmtp_factory(pipelining=True)
+    server = fakesmtp_factory(pipelining=True, chunking=False)
     server.add_fault(FaultRule(stage="rcpt", code=550, message="5.1.1 no such user", match="^b@"))
     with opened(server, writes) as connection:
         result = connection.send(message(RECIPIENTS))
@@ -91,7 +93,7 @@ def test_partial_refusals_are_matched_to_their_recipients(
 def test_the_rset_a_refusal_owes_goes_with_the_next_envelope(
     fakesmtp_factory: FakeSMTPFactory, writes: list[bytes]
 ) -> None:
-    server = fakesmtp_factory(pipelining=True)
+    server = fakesmtp_factory(pipelining=True, chunking=False)
     server.add_fault(FaultRule(stage="rcpt", code=550, message="5.1.1 nobody", times=1))
     with opened(server, writes) as connection:
         with pytest.raises(PermanentDeliveryError, match=r"5\.1\.1 nobody"):
@@ -104,3 +106,82 @@ def test_the_rset_a_refusal_owes_goes_with_the_next_envelope(
         assert len(writes) == refused + 2
     [captured] = server.wait_for(1)
     assert captured.rcpt_tos == ["y@example.com"]
+
+
+def test_a_message_takes_one_write_where_the_relay_also_chunks(
+    fakesmtp_factory: FakeSMTPFactory, writes: list[bytes]
+) -> None:
+    server = fakesmtp_factory(pipelining=True, chunking=True)
+    sent = message(RECIPIENTS)
+    with opened(server, writes) as connection:
+        assert connection.offers("chunking")
+        connection.send(sent)
+        connection.send(sent)
+    first, second, quit_ = writes
+    lines = first.split(b"\r\n")
+    assert lines[0].startswith(b"MAIL FROM:<sender@example.com>")
+    assert lines[1:4] == [
+        b"RCPT TO:<a@example.com>",
+        b"RCPT TO:<b@example.com>",
+        b"RCPT TO:<c@example.com>",
+    ]
+    assert lines[4] == b"BDAT %d LAST" % len(sent.data)
+    assert first.endswith(b"BDAT %d LAST\r\n" % len(sent.data) + sent.data)  # as it is
+    assert second == first
+    assert quit_.lower().startswith(b"quit")
+    captured = server.wait_for(2)
+    assert [m.raw for m in captured] == [sent.data, sent.data]
+
+
+def test_chunked_partial_refusals_and_the_owed_rset(
+    fakesmtp_factory: FakeSMTPFactory, writes: list[bytes]
+) -> None:
+    server = fakesmtp_factory(pipelining=True, chunking=True)
+    server.add_fault(FaultRule(stage="rcpt", code=550, message="5.1.1 no such user", match="^b@"))
+    with opened(server, writes) as connection:
+        result = connection.send(message(RECIPIENTS))
+        assert result.rejected == [RejectedRecipient("b@example.com", 550, "5.1.1 no such user")]
+        with pytest.raises(PermanentDeliveryError, match=r"5\.1\.1 no such user"):
+            connection.send(message(["b@example.com"]))  # every recipient refused
+        connection.send(message(["c@example.com"]))
+    assert writes[2].startswith(b"RSET\r\nMAIL FROM:")
+    assert len(writes) == 3 + 1  # three messages, one write each; QUIT
+    assert sorted(sorted(m.rcpt_tos) for m in server.wait_for(2)) == [
+        ["a@example.com", "c@example.com"],
+        ["c@example.com"],
+    ]
+
+
+def test_a_chunked_message_refused_at_its_end_is_classified_and_not_kept(
+    fakesmtp_factory: FakeSMTPFactory, writes: list[bytes]
+) -> None:
+    server = fakesmtp_factory(pipelining=True, chunking=True)
+    server.add_fault(FaultRule(stage="message", code=552, message="5.3.4 too big", times=1))
+    with opened(server, writes) as connection:
+        with pytest.raises(PermanentDeliveryError, match=r"5\.3\.4 too big"):
+            connection.send(message(["a@example.com"]))
+        connection.send(message(["a@example.com"]))
+    assert len(server.wait_for(1)) == 1
+
+
+def test_the_gate_runs_before_the_one_write_and_a_refusal_sends_nothing(
+    fakesmtp_factory: FakeSMTPFactory, writes: list[bytes]
+) -> None:
+    """With CHUNKING the write is the message's commit point (its "final dot")."""
+    server = fakesmtp_factory(pipelining=True, chunking=True)
+    seen_at_gate: list[int] = []
+
+    def gate() -> None:
+        seen_at_gate.append(len(writes))
+
+    def refuse() -> None:
+        raise ClaimReleased("taken back")
+
+    with opened(server, writes) as connection:
+        connection.send(message(["a@example.com"]), gate)
+        assert seen_at_gate == [0]
+        with pytest.raises(ClaimReleased, match="taken back"):
+            connection.send(message(["a@example.com"]), refuse)
+        assert len(writes) == 1  # nothing of the refused one went
+        connection.send(message(["a@example.com"]))
+    assert len(server.wait_for(2)) == 2

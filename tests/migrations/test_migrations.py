@@ -16,7 +16,7 @@ from alembic import command
 
 from service import migrations
 from service.config import Settings
-from service.db import DatabaseUnavailable, Outbox, make_engine, messages_table, metadata
+from service.db import DatabaseUnavailable, Outbox, make_engine, messages_table
 from tests.migrations.helpers import assert_migrated_to_head, differences
 
 pytestmark = pytest.mark.unit
@@ -51,27 +51,50 @@ def test_fresh_database_is_migrated_to_head_matching_the_metadata(engine: sa.Eng
     assert differences(engine) == []
 
 
+def baseline_schema(engine: sa.Engine) -> None:
+    """The tables of revision 0001: what `metadata.create_all` built before migrations
+    existed, and what the release before revision 0002 made."""
+    with engine.begin() as conn:
+        command.upgrade(migrations.alembic_config(conn), migrations.BASELINE)
+
+
+OLD_ROW = {
+    "id": "a" * 32,
+    "mode": "async",
+    "status": "sent",
+    "mail_from": "a@example.com",
+    "rcpt_tos": '["b@example.com"]',
+    "to_addrs": '["b@example.com"]',
+    "subject": "kept",
+    "message_id": "<kept@example.com>",
+    "smtputf8": False,
+    "attempts": 1,
+    "created_at": 1.0,
+    "updated_at": 2.0,
+    "sent_at": 2.0,
+}
+
+
+def insert_old_rows(engine: sa.Engine) -> None:
+    """A message and its attempt, written with the columns revision 0001 has."""
+    with engine.begin() as conn:
+        old_messages = sa.table("messages", *(sa.column(name) for name in OLD_ROW))
+        conn.execute(old_messages.insert(), OLD_ROW)
+        conn.execute(
+            sa.text(
+                "INSERT INTO attempts (message_id, number, started_at, finished_at, outcome) "
+                "VALUES (:id, 1, 1.5, 2.0, 'sent')"
+            ),
+            {"id": OLD_ROW["id"]},
+        )
+
+
 def test_database_from_create_all_is_stamped_and_keeps_its_rows(engine: sa.Engine) -> None:
     """An earlier version's database: tables but no alembic_version."""
-    metadata.create_all(engine)
+    baseline_schema(engine)
     with engine.begin() as conn:
-        conn.execute(
-            messages_table.insert(),
-            {
-                "id": "a" * 32,
-                "mode": "async",
-                "status": "queued",
-                "mail_from": "a@example.com",
-                "rcpt_tos": "[]",
-                "to_addrs": "[]",
-                "subject": "kept",
-                "message_id": "<kept@example.com>",
-                "smtputf8": False,
-                "attempts": 0,
-                "created_at": 1.0,
-                "updated_at": 1.0,
-            },
-        )
+        conn.exec_driver_sql("DROP TABLE alembic_version")
+    insert_old_rows(engine)
     assert migrations.current_revision(engine) is None
     assert migrations.migrate(engine) == migrations.head_revision()
     assert migrations.current_revision(engine) == migrations.head_revision()
@@ -79,6 +102,79 @@ def test_database_from_create_all_is_stamped_and_keeps_its_rows(engine: sa.Engin
     with engine.connect() as conn:
         subjects = conn.execute(sa.select(messages_table.c.subject)).scalars().all()
     assert subjects == ["kept"]
+
+
+def test_the_previous_release_database_upgrades_in_place(database_url: str) -> None:
+    """Rows and attempt logs made before records had owners, tags and timelines are
+    kept; such a record reads for any key (as it did), with its timeline."""
+    engine = make_engine(Settings(api_key=["k"], database_url=database_url))  # type: ignore[list-item]
+    try:
+        baseline_schema(engine)
+        insert_old_rows(engine)
+        outbox = Outbox(engine)
+        outbox.create_schema()  # what start-up does: migrate
+        assert migrations.current_revision(engine) == migrations.head_revision()
+        assert differences(engine) == []
+        record = outbox.get(OLD_ROW["id"], "any-key-name")
+        assert record is not None
+        assert (record.status, record.subject, record.tags, record.metadata) == (
+            "sent",
+            "kept",
+            [],
+            {},
+        )
+        assert [e.type for e in record.events] == ["message.queued", "message.sent"]
+        assert outbox.attempts(OLD_ROW["id"])[0]["outcome"] == "sent"
+    finally:
+        engine.dispose()
+
+
+def test_records_made_at_revision_0002_keep_their_timelines(database_url: str) -> None:
+    """A retried then failed message, a cancelled one and a synchronous send cut by a
+    crash, made before the events table, read the same after it."""
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(migrations.alembic_config(conn), "0002")
+        rows = {
+            "b" * 32: ("failed", 2, "421 busy"),
+            "c" * 32: ("cancelled", 0, None),
+            "d" * 32: ("failed", 0, "interrupted"),
+        }
+        with engine.begin() as conn:
+            old_messages = sa.table("messages", *(sa.column(name) for name in OLD_ROW))
+            for id_, (status, attempts, error) in rows.items():
+                row = {**OLD_ROW, "id": id_, "status": status, "attempts": attempts}
+                conn.execute(old_messages.insert(), {**row, "sent_at": None})
+                conn.execute(
+                    sa.text("UPDATE messages SET last_error = :e WHERE id = :id"),
+                    {"e": error, "id": id_},
+                )
+            for number in (1, 2):
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO attempts (message_id, number, started_at, finished_at, "
+                        "outcome, code, error) VALUES (:id, :n, 1.0, :at, 'temporary', 421, "
+                        "'421 busy')"
+                    ),
+                    {"id": "b" * 32, "n": number, "at": 1.0 + number},
+                )
+        migrations.migrate(engine)
+        outbox = Outbox(engine)
+        timelines = {}
+        for id_ in rows:
+            record = outbox.get(id_)
+            assert record is not None
+            timelines[id_] = [e.type for e in record.events]
+        assert timelines == {
+            "b" * 32: ["message.queued", "message.deferred", "message.failed"],
+            "c" * 32: ["message.queued", "message.cancelled"],
+            "d" * 32: ["message.queued", "message.failed"],
+        }
+        # History is not news: nothing of it waits for a webhook.
+        assert not outbox.any_pending_event()
+    finally:
+        engine.dispose()
 
 
 def test_migrate_twice_changes_nothing(engine: sa.Engine) -> None:
@@ -181,4 +277,5 @@ def test_offline_mode_prints_the_sql_for_a_dba(capsys: pytest.CaptureFixture[str
     assert "CREATE TABLE messages" in sql
     assert "CREATE TABLE attempts" in sql
     assert "INSERT INTO alembic_version" in sql
-    assert f"('{migrations.head_revision()}')" in sql
+    assert "CREATE TABLE message_tags" in sql
+    assert f"version_num='{migrations.head_revision()}'" in sql
