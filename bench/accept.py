@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import Result, finish, median, parser, request_cycle, workdir
 from bench.httpload import LoadResult, run_load
-from bench.procs import REPO, FakeSMTP, Service
+from bench.procs import BLOCKED_RELAY_ARGS, REPO, FakeSMTP, Service
 from bench.profile import record, summarize
 
 TARGET = 0.6
@@ -74,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     result = Result.begin("accept", "/send_async requests/s", f">= {TARGET}")
     service_rates: list[float] = []
     bare_rates: list[float] = []
-    # Blocked relay: the greeting never comes, so every delivery thread waits in
-    # connect and no delivery work competes with the accept path.
-    blocked = ["--fault", "connect:delay:3600", "--http-port", "0"]
-    with workdir("bench-accept-", args.keep) as (tmp, logs), FakeSMTP(logs, blocked) as fake:
+    with (
+        workdir("bench-accept-", args.keep) as (tmp, logs),
+        FakeSMTP(logs, BLOCKED_RELAY_ARGS) as fake,
+    ):
         for round_no in range(args.rounds):
             key = secrets.token_urlsafe(24)
             bare = BareApp(logs, Path(tmp) / "unused.db", {}, api_key=key, name=f"bare-{round_no}")
@@ -86,9 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 logs,
                 Path(tmp) / f"accept-{round_no}.db",
                 {
-                    "SMTP_HOST": fake.host,
-                    "SMTP_PORT": str(fake.port),
-                    "SMTP_TIMEOUT": "3600",
+                    **fake.relay_env(),
                     "QUEUE_MAXSIZE": "10000000",
                 },
                 api_key=key,

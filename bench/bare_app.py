@@ -1,7 +1,9 @@
 """The accept benchmark's baseline: the least a /send_async endpoint can do.
 
-It checks the X-API-Key, validates the same body with `service.models.SendRequest`
-and answers 202 without storing or sending anything. It is served exactly as the
+It checks the X-API-Key, validates the same body with plain constrained types
+(a regex per address, lengths and list sizes: what a team would write with
+pydantic alone, not the service's own validators, whose cost is part of what is
+measured) and answers 202 without storing or sending anything. It is served exactly as the
 service is (`service.main.serve`): uvicorn, one worker, the `auto` loop and HTTP
 parser (uvloop and httptools when installed, as they are here), access log off,
 no server header.
@@ -24,8 +26,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fastapi import Depends, FastAPI, HTTPException, Security
 from fastapi.responses import Response
 from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from service.models import SendRequest
+# An addr-spec, roughly: no spaces, one @, a dotted domain.
+Address = Annotated[str, StringConstraints(pattern=r"^[^\s@<>]+@[^\s@<>]+\.[^\s@<>]+$")]
+# One line of header text: no CR or LF.
+Line = Annotated[str, StringConstraints(pattern=r"^[^\r\n]*$", max_length=998)]
+
+
+class SendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    to: Annotated[list[Address], Field(min_length=1, max_length=50)]
+    cc: Annotated[list[Address], Field(max_length=50)] = []
+    bcc: Annotated[list[Address], Field(max_length=50)] = []
+    subject: Line = ""
+    body: str | None = None
+    html: str | None = None
+    from_: Address | None = Field(default=None, alias="from")
+    reply_to: Address | None = None
+    headers: dict[Annotated[str, StringConstraints(pattern=r"^[!-9;-~]+$")], Line] = {}
+
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 

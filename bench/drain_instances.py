@@ -6,8 +6,8 @@
    written in one transaction into a fresh PostgreSQL database whose schema comes
    from the migrations; that database then serves as a template.
 2. For each instance count n, each round: a copy of the template
-   (CREATE DATABASE ... TEMPLATE), a bare aiosmtpd sink in its own process
-   (bench/sink.py), and n `python -m service` processes started on the copy at
+   (CREATE DATABASE ... TEMPLATE), Postfix's smtp-sink in its own process,
+   and n `python -m service` processes started on the copy at
    once, WORKER_CONCURRENCY each. The rate is timed at the sink from the first
    message to the --messages'th, so start-up does not count. Afterwards the sink
    must have received exactly --messages (none twice) and every row be `sent`.
@@ -31,7 +31,8 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import median, parser
-from bench.procs import Service, Sink, load_average, wait_until
+from bench.postfix import drain_sink
+from bench.procs import Service, load_average, wait_until
 from service.config import Settings
 from service.db import Outbox, make_engine, messages_table
 from service.mailer import RenderedMessage
@@ -116,7 +117,7 @@ def drain(logs: Path, template: str, count: int, instances: int, threads: int) -
     with admin().connect() as conn:
         conn.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE {template}")
     url = f"{SERVER}/{name}"
-    sink = Sink(logs, count, name=f"sink-{instances}").start()
+    sink = drain_sink(logs, count, name=f"sink-{instances}")
     services = [
         Service(
             logs,

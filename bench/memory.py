@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import Result, finish, parser, post_many, request_cycle, workdir
-from bench.procs import FakeSMTP, Service, tree_memory_kib, wait_until
+from bench.procs import BLOCKED_RELAY_ARGS, FakeSMTP, Service, tree_memory_kib, wait_until
 
 TARGET_MB = 250.0
 
@@ -43,11 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     peaks: list[float] = []
     with workdir("bench-memory-", args.keep) as (tmp, logs):
         db_path = Path(tmp) / "memory.db"
-        with FakeSMTP(logs, ["--fault", "connect:delay:3600", "--http-port", "0"]) as fake:
+        with FakeSMTP(logs, BLOCKED_RELAY_ARGS) as fake:
             env = {
-                "SMTP_HOST": fake.host,
-                "SMTP_PORT": str(fake.port),
-                "SMTP_TIMEOUT": "3600",
+                **fake.relay_env(),
                 "QUEUE_MAXSIZE": str(max(200_000, args.messages * 2)),
                 "SHUTDOWN_GRACE_SECONDS": "0",
             }

@@ -198,6 +198,36 @@ class SmtpSink(LoggedProcess):
         self.stop()
 
 
+class CountingSink(SmtpSink):
+    """An SmtpSink with bench/procs.Sink's face, for the drain benchmarks: it expects
+    `expect` messages; wait_done() gives the times of the first and the last."""
+
+    def __init__(self, log_dir: Path, expect: int, name: str = "smtp-sink") -> None:
+        super().__init__(log_dir, name=name)
+        self.expect = expect
+
+    def wait_done(self, timeout: float) -> tuple[float, float]:
+        return self.wait_for(0, self.expect, timeout)
+
+    def total(self) -> int:
+        """Every message received (after a short quiet spell), then stop."""
+        time.sleep(0.5)
+        received = self.mark()
+        self.stop()
+        return received
+
+
+def drain_sink(log_dir: Path, expect: int, name: str) -> CountingSink:
+    """The sink of the drain benchmarks, started: Postfix's smtp-sink, so that what
+    is measured is the sender, not a Python sink as slow as it."""
+    problem = missing(SMTP_SINK)
+    if problem:
+        raise SystemExit(problem)
+    sink = CountingSink(log_dir, expect, name=name)
+    sink.start()
+    return sink
+
+
 class PostfixInstance:
     """A private Postfix in `base` relaying to [relay_host]:relay_port; start() and stop()."""
 

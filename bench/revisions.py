@@ -8,7 +8,7 @@ checkout into its own virtualenv with `pip install -e`); run it from a directory
 that holds no checkout, since `python -m` puts the working directory on sys.path.
 Accept is bench/accept.py's measurement (the relay blocked, /send_async for
 --seconds over --connections), drain is bench/drain.py's (one backlog snapshot,
-delivered into bench/sink.py). The baseline is the `--before` build; ratios are
+delivered into Postfix's smtp-sink). The baseline is the `--before` build; ratios are
 after / before (above 1.0: the new build is faster).
 
 --simultaneous (the default): in every round both builds run at the same time,
@@ -53,7 +53,8 @@ from bench.accept import drive
 from bench.common import Result, finish, median, parser, workdir
 from bench.drain import build_backlog, copy_db, run_service, status_counts
 from bench.httpload import LoadResult
-from bench.procs import FakeSMTP, Service, Sink, load_average, stopping, wait_until
+from bench.postfix import CountingSink, drain_sink
+from bench.procs import BLOCKED_RELAY_ARGS, FakeSMTP, Service, load_average, stopping, wait_until
 
 SIDES = ("before", "after")
 SERVICE_CPUS = {1}  # both builds' services (--simultaneous)
@@ -213,7 +214,7 @@ def overlap_rates(times: dict[str, list[float]]) -> dict[str, float]:
     }
 
 
-def finish_drain(service: Service, sink: Sink, count: int) -> list[float]:
+def finish_drain(service: Service, sink: CountingSink, count: int) -> list[float]:
     """Check that all `count` were delivered and recorded once; their sent times."""
     if not wait_until(lambda: status_counts(service.db_path).get("sent") == count, 60, 0.5):
         raise RuntimeError(
@@ -237,13 +238,13 @@ def drain_together(
     SERVICE_CPUS."""
     sides = order(round_no)
     dbs = {side: work / f"drain-{side}-{round_no}.db" for side in sides}
-    sinks: dict[str, Sink] = {}
+    sinks: dict[str, CountingSink] = {}
     services: dict[str, Service] = {}
     try:
         with spawning_on(LOAD_CPUS):
             for side in sides:
                 copy_db(snapshot, dbs[side])
-                sinks[side] = Sink(logs, count, name=f"sink-{side}-{round_no}").start()
+                sinks[side] = drain_sink(logs, count, name=f"sink-{side}-{round_no}")
         for side in sides:
             env = {
                 "SMTP_HOST": "127.0.0.1",
@@ -344,8 +345,7 @@ def accept_phase(
     """Per side, per round: (req/s, CPU microseconds per request)."""
     rates: dict[str, list[float]] = {side: [] for side in SIDES}
     cpu: dict[str, list[float]] = {side: [] for side in SIDES}
-    blocked = ["--fault", "connect:delay:3600", "--http-port", "0"]
-    with FakeSMTP(logs, blocked) as fake:
+    with FakeSMTP(logs, BLOCKED_RELAY_ARGS) as fake:
         for round_no in range(args.rounds):
             if args.simultaneous:
                 got = accept_together(
@@ -436,7 +436,9 @@ def main(argv: list[str] | None = None) -> int:
                 rates, cpu = accept_phase(args, python, work, logs)
         if args.only != "accept":
             snapshot = work / "backlog.db"
-            build_backlog(logs, snapshot, args.messages)  # untimed: both CPUs
+            # Untimed, both CPUs; made by the older build, so that the newer one can
+            # migrate it (an older build cannot read a newer schema).
+            build_backlog(logs, snapshot, args.messages, python["before"])
             with off_the_services(args.simultaneous):
                 drains, whole = drain_phase(args, python, work, snapshot, logs)
     code = 0
@@ -445,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only == "accept":
         return code
     drain_notes = []
+    both = ""
     if args.simultaneous:
         drain_notes.append(
             paired_note(

@@ -24,12 +24,22 @@ BENCHMARKS = {
     "drain": ["--messages", "20000"],
     "sync_latency": ["--seconds", "8"],
     "memory": ["--messages", "100000"],
+    "batch": ["--batches", "20"],
+    "listing": ["--small", "10000", "--large", "1000000"],
+    "attachment_memory": ["--megabytes", "10"],
+    "webhook_accept": ["--seconds", "8"],
+    "bounce_parse": ["--seconds", "5"],
 }
 QUICK = {
     "accept": ["--seconds", "3", "--connections", "32"],
     "drain": ["--messages", "3000"],
     "sync_latency": ["--seconds", "2"],
     "memory": ["--messages", "5000"],
+    "batch": ["--batches", "4"],
+    "listing": ["--small", "2000", "--large", "20000", "--requests", "50"],
+    "attachment_memory": ["--megabytes", "2"],
+    "webhook_accept": ["--seconds", "2"],
+    "bounce_parse": ["--seconds", "1"],
 }
 
 

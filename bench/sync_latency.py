@@ -2,9 +2,11 @@
 
     python bench/sync_latency.py --seconds 8 --rounds 2
 
-The relay is fakesmtp as a subprocess; with TLS it has a self-signed certificate
-for 127.0.0.1 (fakesmtp.certs.make_self_signed) and --require-tls, and the service
-trusts it through SMTP_CA_FILE with SMTP_SECURITY=starttls. One client sends one
+Without TLS the relay is Postfix's smtp-sink (C), so that neither side is bounded
+by a Python relay; with STARTTLS, which smtp-sink does not offer, it is fakesmtp
+as a subprocess with a self-signed certificate for 127.0.0.1
+(fakesmtp.certs.make_self_signed) and --require-tls, and the service trusts it
+through SMTP_CA_FILE with SMTP_SECURITY=starttls. One client sends one
 request at a time for --seconds (the latency of a lone caller, not of a queue):
 
 - service: POST /send over one keep-alive HTTP connection (bench/httpload.py);
@@ -13,8 +15,10 @@ request at a time for --seconds (the latency of a lone caller, not of a queue):
 - baseline: plain smtplib doing what a naive client does per message: connect,
   EHLO, STARTTLS, EHLO, send, QUIT (without TLS: connect, EHLO, send, QUIT).
 
-Target: p50(service) / p50(baseline) <= 1.0 with STARTTLS, i.e. reusing a TLS
-connection beats a handshake per message; reported without TLS too.
+Targets: p50(service) / p50(baseline) <= 1.5 without TLS (an HTTP request, two
+small commits and one transaction on a pooled connection against a bare
+connect-send-quit), <= 0.5 with STARTTLS (reusing a TLS session against a
+handshake per message).
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import Result, finish, parser, request_cycle, send_body, workdir
 from bench.httpload import run_load
+from bench.postfix import SMTP_SINK, SmtpSink, missing
 from bench.procs import FakeSMTP, Service
 from fakesmtp.certs import make_self_signed
 
-TARGET = 1.0
+TARGET_PLAIN = 1.5
+TARGET_TLS = 0.5
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -84,8 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--keep", type=Path, help="keep logs here")
     args = p.parse_args(argv)
+    if problem := missing(SMTP_SINK):
+        print(problem)
+        return 2
     result = Result.begin(
-        "sync_latency", "p50 of /send vs naive smtplib with STARTTLS, ms", f"<= {TARGET}"
+        "sync_latency",
+        "p50 of /send vs naive smtplib with STARTTLS (fakesmtp), ms",
+        f"<= {TARGET_TLS}, and without TLS (smtp-sink) <= {TARGET_PLAIN}",
     )
     with workdir("bench-sync-", args.keep) as (tmp, logs):
         cert, key = make_self_signed(Path(tmp))
@@ -95,7 +106,12 @@ def main(argv: list[str] | None = None) -> int:
             fake_args = ["--http-port", "0", "--max-messages", "1000"]
             if tls:
                 fake_args += ["--tls-cert", str(cert), "--tls-key", str(key), "--require-tls"]
-            with FakeSMTP(logs, fake_args, name=f"fakesmtp-{variant}") as fake:
+            relay = (
+                FakeSMTP(logs, fake_args, name=f"fakesmtp-{variant}")
+                if tls
+                else SmtpSink(logs, name="smtp-sink-sync")
+            )
+            with relay as fake:
                 env = {
                     "SMTP_HOST": "127.0.0.1",
                     "SMTP_PORT": str(fake.port),
@@ -138,15 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     tls_stats, plain = summary["starttls"], summary["none"]
     result.value, result.baseline = min(tls_stats["service_p50"]), min(tls_stats["naive_p50"])
     result.ratio = result.value / result.baseline
-    result.ok = result.ratio <= TARGET
+    plain_ratio = min(plain["service_p50"]) / min(plain["naive_p50"])
+    result.ok = result.ratio <= TARGET_TLS and plain_ratio <= TARGET_PLAIN
     result.notes.append(
         f"STARTTLS: p99 /send {min(tls_stats['service_p99']):.2f} ms vs naive "
         f"{min(tls_stats['naive_p99']):.2f} ms"
     )
     result.notes.append(
         f"no TLS: p50 /send {min(plain['service_p50']):.2f} ms vs naive "
-        f"{min(plain['naive_p50']):.2f} ms (ratio "
-        f"{min(plain['service_p50']) / min(plain['naive_p50']):.2f}); p99 "
+        f"{min(plain['naive_p50']):.2f} ms (ratio {plain_ratio:.2f}, target "
+        f"{TARGET_PLAIN}); p99 "
         f"{min(plain['service_p99']):.2f} vs {min(plain['naive_p99']):.2f} ms"
     )
     return finish(result, args.json)

@@ -1,6 +1,6 @@
 """SMTP delivery over a WAN: the service vs plain smtplib vs Postfix, into Postfix's smtp-sink.
 
-    python bench/wan.py --messages 5000 --delay 0.010 --rounds 3 --connections 4
+    python bench/wan.py --messages 2000 --delay 0.010 --rounds 3
 
 The sink is Postfix's smtp-sink (C, PIPELINING, keeps nothing), so no baseline is
 bounded by a Python sink; between the senders and it, bench/delay_proxy.py adds
@@ -12,20 +12,27 @@ exactly --messages.
 1. A backlog of --messages accepted by the service with the relay down and kept as
    a SQLite snapshot (bench/drain.py's build_backlog).
 2. Each round, in this order, through the proxy:
-   (b) naive: one process, --connections threads, each one persistent
+   (b) naive: one process, --naive-threads threads (4), each one persistent
        `smtplib.SMTP` connection, `sendmail()` of the snapshot's stored bytes and
        envelopes (bench/drain.py's baseline client);
    (a) service: `python -m service` on a fresh copy of the snapshot, defaults except
-       SMTP_HOST/SMTP_PORT (the proxy), QUEUE_MAXSIZE and WORKER_CONCURRENCY
-       (= --connections); it must also have recorded every message `sent`;
+       SMTP_HOST/SMTP_PORT (the proxy) and QUEUE_MAXSIZE (WORKER_CONCURRENCY too
+       if --connections is given); it must also have recorded every message `sent`;
    (c) postfix: a private Postfix 3.7 (bench/postfix.py: own config and queue
        directories, relayhost the proxy, default_destination_concurrency_limit =
-       --connections, Postfix's defaults otherwise: PIPELINING, connection cache)
+       the service's connection cap, Postfix's defaults otherwise: PIPELINING,
+       connection cache)
        given the same messages through its smtpd (not timed; `defer_transports`
        keeps them queued), then `postqueue -f`: its queue drained, as the service
        drains its outbox. Postfix adds its Received header to each message.
 3. Loopback (no proxy, delay 0), --loopback-rounds rounds: the service's drain into
-   smtp-sink vs plain smtplib over the same number of persistent connections.
+   smtp-sink vs plain smtplib over as many persistent connections as the
+   service's cap.
+
+The service's cap is --connections, or its WORKER_CONCURRENCY default when that is
+not given. Each round also prints the round trips a message took per connection,
+cap / (msgs/s x RTT): an upper bound, since fewer connections than the cap may have
+been open for part of the run.
 
 Ratios are of the medians over the rounds; every round's figures are printed and
 kept in the JSON (a list of the three results).
@@ -106,24 +113,18 @@ def run_service(
     work: Path,
     port: int,
     count: int,
-    connections: int,
+    connections: int | None,
     limit: float,
     label: str,
 ) -> tuple[float, float]:
-    """(msgs/s first to last message at the sink, seconds from spawn to the last)."""
+    """(msgs/s first to last message at the sink, seconds from spawn to the last).
+    `connections` None: the service's own WORKER_CONCURRENCY default."""
     db_path = work / f"wan-{label}.db"
     copy_db(snapshot, db_path)
-    service = Service(
-        logs,
-        db_path,
-        {
-            "SMTP_HOST": "127.0.0.1",
-            "SMTP_PORT": str(port),
-            "QUEUE_MAXSIZE": str(count * 2),
-            "WORKER_CONCURRENCY": str(connections),
-        },
-        name=f"service-{label}",
-    )
+    env = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(port), "QUEUE_MAXSIZE": str(count * 2)}
+    if connections is not None:
+        env["WORKER_CONCURRENCY"] = str(connections)
+    service = Service(logs, db_path, env, name=f"service-{label}")
     try:
         mark = sink.mark()
         spawned = time.time()
@@ -156,6 +157,14 @@ def run_postfix(
     return len(messages) / (last - first), injected
 
 
+def default_concurrency() -> int:
+    from service.config import Settings
+
+    default = Settings.model_fields["worker_concurrency"].default
+    assert isinstance(default, int)
+    return default
+
+
 def ratio(value: float, baseline: float) -> float:
     return value / baseline if baseline else 0.0
 
@@ -172,14 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--connections",
         type=int,
-        default=4,
-        help="WORKER_CONCURRENCY, smtplib threads, Postfix's destination concurrency limit",
+        help="the service's WORKER_CONCURRENCY and Postfix's destination concurrency limit "
+        "(default: the service's default, the service then runs with its defaults)",
     )
+    p.add_argument("--naive-threads", type=int, default=4, help="the naive smtplib worker")
     p.add_argument("--loopback-rounds", type=int, help="default: --rounds; 0 skips loopback")
     # (--rounds 0 --loopback-rounds 3: the loopback figure alone)
     p.add_argument("--no-postfix", action="store_true", help="skip (c), Postfix as the sender")
-    p.add_argument("--target-naive", type=float, default=1.0, help="service/naive at least")
-    p.add_argument("--target-postfix", type=float, default=0.8, help="service/postfix at least")
+    p.add_argument("--target-naive", type=float, default=8.0, help="service/naive at least")
+    p.add_argument("--target-postfix", type=float, default=1.0, help="service/postfix at least")
     p.add_argument("--target-loopback", type=float, default=0.7, help="loopback at least")
     p.add_argument("--keep", type=Path, help="keep logs here")
     p.add_argument("--naive-client", type=Path, help=argparse_hidden())
@@ -197,12 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         print(problem)
         return 2
     loopback_rounds = args.rounds if args.loopback_rounds is None else args.loopback_rounds
-    count, conns, rtt_ms = args.messages, args.connections, 2000 * args.delay
-    limit = time_limit(count, args.delay, conns)
+    cap = args.connections if args.connections is not None else default_concurrency()
+    count, conns, naive_threads, rtt_ms = args.messages, cap, args.naive_threads, 2000 * args.delay
+    limit = time_limit(count, args.delay, naive_threads)
     wan_naive = Result.begin(
         "wan-naive",
-        f"msgs/s, {count}-message backlog, {rtt_ms:.0f} ms RTT, {conns} connections, "
-        "service vs smtplib",
+        f"msgs/s, {count}-message backlog, {rtt_ms:.0f} ms RTT, service (cap {conns}) vs "
+        f"smtplib x{naive_threads}",
         f">= {args.target_naive}",
     )
     wan_postfix = Result.begin(
@@ -243,14 +254,27 @@ def main(argv: list[str] | None = None) -> int:
                 for n in range(args.rounds):
                     row: dict[str, float] = {}
                     row["naive_msgs_per_s"] = run_naive(
-                        logs, sink, snapshot, proxy.port, count, conns, limit, f"wan-{n}"
+                        logs, sink, snapshot, proxy.port, count, naive_threads, limit, f"wan-{n}"
                     )
                     row["service_msgs_per_s"], row["service_spawn_to_done_s"] = run_service(
-                        logs, sink, snapshot, work, proxy.port, count, conns, limit, f"wan-{n}"
+                        logs,
+                        sink,
+                        snapshot,
+                        work,
+                        proxy.port,
+                        count,
+                        args.connections,
+                        limit,
+                        f"wan-{n}",
+                    )
+                    row["service_round_trips_per_msg"] = conns / (
+                        row["service_msgs_per_s"] * 2 * args.delay
                     )
                     line = (
                         f"round {n} ({rtt_ms:.0f} ms RTT): service "
-                        f"{row['service_msgs_per_s']:.1f} msgs/s, smtplib x{conns} "
+                        f"{row['service_msgs_per_s']:.1f} msgs/s (<= "
+                        f"{row['service_round_trips_per_msg']:.2f} round trips a message "
+                        f"per connection), smtplib x{naive_threads} "
                         f"{row['naive_msgs_per_s']:.1f}"
                     )
                     if postfix is not None:
@@ -272,7 +296,15 @@ def main(argv: list[str] | None = None) -> int:
                     logs, sink, snapshot, sink.port, count, conns, limit, f"loop-{n}"
                 )
                 row["service_msgs_per_s"], row["service_spawn_to_done_s"] = run_service(
-                    logs, sink, snapshot, work, sink.port, count, conns, limit, f"loop-{n}"
+                    logs,
+                    sink,
+                    snapshot,
+                    work,
+                    sink.port,
+                    count,
+                    args.connections,
+                    limit,
+                    f"loop-{n}",
                 )
                 row["load1"] = os.getloadavg()[0]
                 print(
