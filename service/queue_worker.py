@@ -344,6 +344,7 @@ class MailQueueWorker:
             # so the message is neither lost nor failed by our own fault.
             log.exception("unexpected error while sending %s", message.id)
             error = TemporaryDeliveryError(f"internal error: {type(exc).__name__}")
+        finished = self._clock()
         if error is not None and held.released:
             return None  # refused in its envelope after stop() had handed it back
         if error is None:
@@ -365,6 +366,7 @@ class MailQueueWorker:
             rejected=rejected,
             retry_at=retry_at,
             started_at=started,
+            finished_at=finished,
         )
 
     @staticmethod

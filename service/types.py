@@ -160,6 +160,9 @@ class Outcome:
     rejected: list[RejectedRecipient] = field(default_factory=list)
     retry_at: float | None = None  # set when the retry policy retries: queued, due then
     started_at: float = 0.0
+    # When the relay answered (its 250, or the failure): the attempt's end, which
+    # can be well before the batch that records it (a bounce may come in between).
+    finished_at: float = 0.0
 
     @property
     def status(self) -> Status:

@@ -27,17 +27,25 @@ def deliver_sync(services: Services, message_id: str, rendered: RenderedMessage)
     outbox, metrics = services.outbox, services.metrics
     attempts = 0
     started = time.time()
+    finished = 0.0  # when the relay last answered
 
     def on_attempt(number: int, error: DeliveryError | None, decision: Decision) -> None:
-        nonlocal attempts, started
+        nonlocal attempts, started, finished
         attempts = number
+        finished = time.time()
         outcome = {"done": "sent", "retry": "retried", "fail": "failed"}[decision.action]
         code = error.code if error else None
         metrics.record_delivery("sync", outcome, code, time.time() - started)
         if not decision.final:
             # The last attempt is written by finish_sync together with the answer.
             outbox.record_attempt(
-                Outcome(id=message_id, attempt=number, error=error, started_at=started)
+                Outcome(
+                    id=message_id,
+                    attempt=number,
+                    error=error,
+                    started_at=started,
+                    finished_at=finished,
+                )
             )
             started = time.time()
 
@@ -71,7 +79,12 @@ def deliver_sync(services: Services, message_id: str, rendered: RenderedMessage)
     code = 200 if error is None else 500
     body = response.model_dump_json()
     outcome = Outcome(
-        id=message_id, attempt=max(attempts, 1), error=error, rejected=rejected, started_at=started
+        id=message_id,
+        attempt=max(attempts, 1),
+        error=error,
+        rejected=rejected,
+        started_at=started,
+        finished_at=finished,
     )
     try:
         outbox.finish_sync(outcome, code, body)

@@ -247,7 +247,7 @@ def attempt_row(outcome: Outcome, now: float) -> dict[str, Any]:
         "message_id": outcome.id,
         "number": outcome.attempt,
         "started_at": outcome.started_at or now,
-        "finished_at": now,
+        "finished_at": outcome.finished_at or now,
         "outcome": outcome.kind,
         "code": error.code if error is not None else None,
         "error": str(error) if error is not None else None,
@@ -263,12 +263,14 @@ def event_type(outcome: Outcome) -> str:
 
 def event_row(outcome: Outcome, now: float, webhook: str | None) -> dict[str, Any]:
     """The events table's row for one attempt's outcome; `webhook` is "pending" when a
-    receiver is configured."""
+    receiver is configured. A relay's acceptance is dated when the relay answered
+    (a bounce it causes comes later); a failure when its outcome is written, which
+    is how event_if_recorded_statement finds that the row took it."""
     error = outcome.error
     return {
         "message_id": outcome.id,
         "type": event_type(outcome),
-        "at": now,
+        "at": outcome.finished_at or now if error is None else now,
         "attempt": outcome.attempt,
         "code": error.code if error is not None else None,
         "detail": str(error) if error is not None else None,

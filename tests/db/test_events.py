@@ -166,6 +166,35 @@ def test_a_bounce_marks_the_record_writes_one_event_per_recipient_and_suppresses
     assert hooked.record_bounce("f" * 32, bounced) is None
 
 
+def test_a_bounce_recorded_before_the_batch_comes_after_the_relays_answer(
+    hooked: Outbox, clock: FakeClock
+) -> None:
+    """The relay said 250 at t, its DSN was recorded at t+1 and the batch that
+    records the acceptance only at t+2: `message.sent` is dated t (when the relay
+    answered), so the receiver and the timeline see it before the bounce."""
+    claim = claimed(hooked)
+    answered = clock()
+    clock.advance(1)
+    bounced = [BouncedAddress("rcpt@example.com", 550, "5.1.1 no such user", permanent=True)]
+    assert hooked.record_bounce(claim.id, bounced) == 1
+    clock.advance(1)
+    outcome = Outcome(id=claim.id, attempt=1, finished_at=answered)
+    hooked.record_acceptances([outcome])
+    hooked.record_outcomes([outcome], accepted=[])
+    by_time = sorted(events(hooked), key=lambda e: e["at"])
+    assert [(e["type"], e["at"]) for e in by_time] == [
+        ("message.sent", answered),
+        ("message.bounced", answered + 1),
+    ]
+    record = hooked.get(claim.id)
+    assert record is not None
+    assert [e.type for e in record.events] == [
+        "message.queued",
+        "message.sent",
+        "message.bounced",
+    ]
+
+
 def test_a_report_naming_addresses_the_message_did_not_go_to_suppresses_nobody(
     hooked: Outbox,
 ) -> None:
