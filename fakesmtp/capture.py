@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
@@ -217,14 +217,38 @@ class CapturedMessage:
         return f"<CapturedMessage id={self.id} from={self.mail_from!r} to={self.rcpt_tos!r}>"
 
 
+StoreListener = Callable[[str, "CapturedMessage | None"], None]
+
+
 class MessageStore:
-    """A bounded, thread-safe store: the loop thread appends, any thread reads or waits."""
+    """A bounded, thread-safe store: the loop thread appends, any thread reads or waits.
+
+    Listeners (``subscribe``) hear of every change at once, on the thread that made
+    it: ``("message", m)`` when ``m`` is stored, ``("delete", m)`` when ``m`` is
+    deleted, ``("clear", None)`` when all are. They must be quick and thread-safe
+    (the event stream hands each one to its own loop)."""
 
     def __init__(self, max_messages: int) -> None:
         self._messages: deque[CapturedMessage] = deque(maxlen=max_messages)
         self._cond = threading.Condition()
         self._next_id = 1
+        self._listeners: list[StoreListener] = []
         self.stored_total = 0
+
+    def subscribe(self, listener: StoreListener) -> Callable[[], None]:
+        """Call ``listener(kind, message)`` on every change; returns the unsubscribe."""
+        with self._cond:
+            self._listeners = [*self._listeners, listener]
+
+        def unsubscribe() -> None:
+            with self._cond:
+                self._listeners = [x for x in self._listeners if x is not listener]
+
+        return unsubscribe
+
+    def _tell(self, kind: str, message: CapturedMessage | None) -> None:
+        for listener in self._listeners:  # a copy-on-write list: no lock needed
+            listener(kind, message)
 
     def add(self, make: Callable[[str], CapturedMessage]) -> CapturedMessage:
         with self._cond:
@@ -233,7 +257,8 @@ class MessageStore:
             self._messages.append(message)
             self.stored_total += 1
             self._cond.notify_all()
-            return message
+        self._tell("message", message)
+        return message
 
     def next_id(self) -> str:
         """Reserve an id for a message that is accepted but not stored (blackhole)."""
@@ -243,6 +268,7 @@ class MessageStore:
             return value
 
     def snapshot(self) -> list[CapturedMessage]:
+        """Newest first."""
         with self._cond:
             items = list(self._messages)
         items.reverse()
@@ -252,9 +278,23 @@ class MessageStore:
         with self._cond:
             return next((m for m in self._messages if m.id == message_id), None)
 
+    def delete(self, message_ids: Iterable[str]) -> list[CapturedMessage]:
+        """Remove the messages with these ids; returns the ones that were there."""
+        wanted = set(message_ids)
+        with self._cond:
+            gone = [m for m in self._messages if m.id in wanted]
+            if gone:
+                kept = [m for m in self._messages if m.id not in wanted]
+                self._messages.clear()
+                self._messages.extend(kept)
+        for message in gone:
+            self._tell("delete", message)
+        return gone
+
     def clear(self) -> None:
         with self._cond:
             self._messages.clear()
+        self._tell("clear", None)
 
     def __len__(self) -> int:
         return len(self._messages)

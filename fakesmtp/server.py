@@ -9,11 +9,12 @@ import random
 import socket
 import ssl
 import threading
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
 from fakesmtp import replies
-from fakesmtp.capture import CapturedMessage, MessageStore
+from fakesmtp.capture import CapturedMessage, MessageStore, StoreListener
 from fakesmtp.faults import FaultRule, FaultSet
 from fakesmtp.options import ServerOptions
 from fakesmtp.policies import Greylist, TokenBucket
@@ -220,6 +221,14 @@ class FakeSMTPServer:
 
     def clear_messages(self) -> None:
         self._state.store.clear()
+
+    def delete_messages(self, message_ids: Iterable[str]) -> int:
+        """Forget these messages; returns how many there were."""
+        return len(self._state.store.delete(message_ids))
+
+    def subscribe(self, listener: StoreListener) -> Callable[[], None]:
+        """Hear of every stored, deleted or cleared message at once (MessageStore.subscribe)."""
+        return self._state.store.subscribe(listener)
 
     # faults --------------------------------------------------------------------
     def add_fault(self, rule: FaultRule) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import smtplib
 import socket
 import ssl
 from email import policy
@@ -84,3 +85,9 @@ class RawClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def send_message(server: FakeSMTPServer, subject: str = "Hello", **fields: str) -> None:
+    """One message through smtplib, built by make_message."""
+    with smtplib.SMTP(server.host, server.port, timeout=5) as client:
+        client.sendmail("sender@example.com", ["rcpt@example.com"], make_message(subject, **fields))

@@ -10,7 +10,7 @@ import pytest
 
 from fakesmtp import FakeSMTPServer, replies
 from fakesmtp.pytest_plugin import FakeSMTPFactory
-from tests.fakesmtp.helpers import make_message
+from tests.fakesmtp.helpers import make_message, send_message
 
 pytestmark = pytest.mark.unit
 
@@ -148,3 +148,25 @@ def test_invalid_options_are_refused_at_construction() -> None:
         FakeSMTPServer(greylist=-1)
     with pytest.raises(RuntimeError, match="already started"), FakeSMTPServer() as server:
         server.start()
+
+
+def test_listeners_hear_of_each_stored_deleted_and_cleared_message(
+    fakesmtp: FakeSMTPServer,
+) -> None:
+    heard: list[tuple[str, str | None]] = []
+    unsubscribe = fakesmtp.subscribe(lambda kind, m: heard.append((kind, m and m.id)))
+    for n in range(3):
+        send_message(fakesmtp, subject=f"m{n}")
+    first, second, third = (m.id for m in reversed(fakesmtp.messages()))
+    assert fakesmtp.delete_messages([second, "no-such-id"]) == 1
+    assert [m.id for m in fakesmtp.messages()] == [third, first]
+    fakesmtp.clear_messages()
+    unsubscribe()
+    send_message(fakesmtp, subject="unheard")
+    assert heard == [
+        ("message", first),
+        ("message", second),
+        ("message", third),
+        ("delete", second),
+        ("clear", None),
+    ]
