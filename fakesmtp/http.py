@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from fakesmtp import mailpit
 from fakesmtp.faults import FaultRule, FaultSpecError
 
 if TYPE_CHECKING:
@@ -134,6 +135,7 @@ _ROUTES = (
     Route("/api/faults/{id}", get_fault, methods=["GET"]),
     Route("/api/faults/{id}", delete_fault, methods=["DELETE"]),
     Route("/api/stats", stats, methods=["GET"]),
+    *mailpit.ROUTES,
 )
 
 

@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from service.db import Outbox, make_engine
+from tests.browser import browser, page, playwright  # noqa: F401 - fixtures for every area
 from tests.db.helpers import OutboxFactory, make_settings, throwaway_database, throwaway_schema
 from tests.helpers import FakeClock
 
