@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from service import db, mailer
 from service.api.accept import SenderPolicy
 from service.api.deps import has_valid_key
+from service.api.docs import add_docs
 from service.api.errors import install_error_handlers
 from service.api.middleware import BodySizeLimit, RequestMetrics
 from service.api.offload import SMTP_REQUEST_THREADS
@@ -132,6 +133,10 @@ def create_app(
         version="0.1.0",
         summary="Send email over SMTP, synchronously or through a durable outbox.",
         lifespan=lifespan,
+        # FastAPI's own /docs and /redoc load their assets from a CDN; add_docs serves
+        # the same pages with the assets from an installed package.
+        docs_url=None,
+        redoc_url=None,
     )
     app.add_middleware(
         BodySizeLimit,
@@ -143,6 +148,7 @@ def create_app(
         app.add_middleware(RequestMetrics, metrics=metrics)
     install_error_handlers(app, settings, has_valid_key)
     add_routes(app, metrics=settings.metrics_enabled)
+    add_docs(app)
     return app
 
 

@@ -29,13 +29,17 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: while Playwright's sync API is open, its event loop is
+# the main thread's running loop, and every later test calling asyncio.run() fails
+# ("cannot be called from a running event loop"). Closed at the end of each browser
+# module, it leaves the rest of the run alone.
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
     launched = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
