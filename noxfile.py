@@ -97,7 +97,8 @@ def contract(session: nox.Session) -> None:
 def dev(session: nox.Session) -> None:
     """Run the service and fakesmtp together on SQLite and print where everything is."""
     session.install("-e", ".")
-    session.run("python", "-m", "service.devserver", *session.posargs)
+    # nox does not pass its own SIGTERM on: the server stops when nox is gone.
+    session.run("python", "-m", "service.devserver", "--stop-with-parent", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -110,9 +110,15 @@ def serve() -> None:
     from service.config import load_settings
     from service.errors import DatabaseUnavailable, InstanceLocked
     from service.instance import InstanceLock
+    from service.listen import PortInUse, bind_listening_socket
 
     settings = load_settings()
     configure_logging(settings.log_level)
+    try:
+        sock = bind_listening_socket(settings.host, settings.port, "PORT")
+    except PortInUse as exc:
+        print(f"mail-service: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     try:
         # Held until the process ends, however it ends (the kernel or the server
         # drops it): a second process as this instance would take back our claims.
@@ -127,8 +133,6 @@ def serve() -> None:
     server = uvicorn.Server(
         uvicorn.Config(
             app,
-            host=settings.host,
-            port=settings.port,
             access_log=settings.access_log,
             log_config=None,
             # HTTP requests in flight may use the grace period (uvicorn takes whole
@@ -146,9 +150,12 @@ def serve() -> None:
         handle_exit(sig, frame)
 
     server.handle_exit = note_shutdown_start  # type: ignore[method-assign]
+    # A hang-up (the terminal or session that started us went away) stops us as
+    # SIGTERM does: gracefully, exit status 0. uvicorn handles only INT and TERM.
+    signal.signal(signal.SIGHUP, lambda sig, frame: note_shutdown_start(signal.SIGTERM, frame))
     # Ctrl-C: uvicorn shuts down gracefully, then re-raises SIGINT as KeyboardInterrupt.
-    with contextlib.suppress(KeyboardInterrupt):
-        server.run()
+    with contextlib.suppress(KeyboardInterrupt), sock:
+        server.run(sockets=[sock])
 
 
 def main(argv: Sequence[str] | None = None) -> None:

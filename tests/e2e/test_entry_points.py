@@ -1,11 +1,11 @@
-"""`python -m service` (serve, migrate) and `python -m service.devserver`, as real
+"""`python -m service` (serve, migrate) and `mail-service`, as real
 processes."""
 
 from __future__ import annotations
 
 import os
-import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -62,7 +62,10 @@ def test_migrate_creates_the_schema_and_exits(tmp_path: Path) -> None:
     assert "messages" in tables
 
 
-def test_serve_answers_then_exits_0_on_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_serve_answers_then_exits_0_on_sigterm_or_sighup(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
     port = free_port()
     with FakeSMTPServer(port=0) as relay:
         env = service_env(
@@ -85,7 +88,7 @@ def test_serve_answers_then_exits_0_on_sigterm(tmp_path: Path) -> None:
             )
             assert sent.status_code == 200
             started = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(stop)
             assert proc.wait(15) == 0
             assert time.monotonic() - started < 6
         finally:
@@ -96,52 +99,27 @@ def test_serve_answers_then_exits_0_on_sigterm(tmp_path: Path) -> None:
     output = (tmp_path / "service.log").read_text()
     assert "Traceback" not in output
     assert KEY not in output
+    assert "Application shutdown complete" in output  # the graceful path, not a kill
 
 
-def test_devserver_prints_a_working_curl_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        python_m(
-            "service.devserver",
-            "--port=0",
-            "--smtp-port=0",
-            "--http-port=0",
-            f"--database={tmp_path / 'dev.db'}",
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert proc.stdout is not None
-        banner = ""
-        while "Ctrl-C" not in banner:
-            line = proc.stdout.readline().decode()
-            assert line, f"devserver exited: {banner}"
-            banner += line
-        url = re.search(r"mail service\s+(http://\S+)", banner)
-        key = re.search(r"API key\s+(\S+)", banner)
-        fake = re.search(r"captured mail: (http://\S+)", banner)
-        assert url
-        assert key
-        assert fake
-        assert "curl" in banner
-        wait_for_health(url.group(1), proc)
-        sent = httpx.post(
-            f"{url.group(1)}/send",
-            json={"to": "you@example.com", "subject": "dev", "body": "hi"},
-            headers={"X-API-Key": key.group(1)},
-            timeout=30,
+def test_a_taken_port_is_one_line_naming_it_and_port(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            python_m("service"),
+            env=service_env(tmp_path, PORT=str(port), HOST="127.0.0.1"),
+            capture_output=True,
+            timeout=60,
+            check=False,
         )
-        assert sent.status_code == 200, sent.text
-        captured = httpx.get(fake.group(1).rstrip("/") + "/api/messages", timeout=10).json()
-        assert captured["total"] == 1
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+    assert result.returncode == 1
+    assert result.stderr.decode().strip().splitlines() == [
+        f"mail-service: port {port} on 127.0.0.1 is in use (another process listens "
+        "there): stop it, or choose another port with PORT"
+    ]
+    assert not (tmp_path / "mail.db").exists()  # nothing started before the bind
 
 
 def test_mail_service_migrate_command(database_url: str) -> None:
