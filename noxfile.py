@@ -81,7 +81,7 @@ def e2e(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def postgres(session: nox.Session) -> None:
-    """Tests that need the PostgreSQL server on 127.0.0.1:5432."""
+    """Tests on PostgreSQL: a throwaway server they start from the installed binaries."""
     _pytest_marked(session, "postgres")
 
 

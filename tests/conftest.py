@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from service.db import Outbox, make_engine
+from tests import postgres_server
 from tests.browser import browser, page, playwright  # noqa: F401 - fixtures for every area
 from tests.db.helpers import OutboxFactory, make_settings, throwaway_database, throwaway_schema
 from tests.helpers import FakeClock
@@ -31,16 +32,31 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'outbox.db'}"
 
 
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[postgres_server.Server]:
+    """The session's PostgreSQL server, started when the first test needs it (so a run
+    of SQLite tests pays nothing) and stopped at the end; tests/postgres_server.py."""
+    try:
+        server = postgres_server.shared()
+    except postgres_server.PostgresUnavailable as exc:
+        # One line, without the chain pytest would print for a pytest.fail() in here.
+        raise pytest.fail.Exception(str(exc), pytrace=False) from None
+    try:
+        yield server
+    finally:
+        postgres_server.stop_shared()
+
+
 @pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh schema on the local PostgreSQL, first on the search_path, dropped after."""
+def pg_url(pg_server: postgres_server.Server) -> Iterator[str]:
+    """A fresh schema on the tests' PostgreSQL, first on the search_path, dropped after."""
     with throwaway_schema() as url:
         yield url
 
 
 @pytest.fixture
-def pg_database_url() -> Iterator[str]:
-    """A fresh database on the local PostgreSQL, for tests that start processes."""
+def pg_database_url(pg_server: postgres_server.Server) -> Iterator[str]:
+    """A fresh database on the tests' PostgreSQL, for tests that start processes."""
     with throwaway_database() as url:
         yield url
 

@@ -1,5 +1,6 @@
-"""Databases for tests: throwaway PostgreSQL schemas and databases on the local
-server (127.0.0.1:5432, trust auth), and messages and settings for the outbox.
+"""Databases for tests: throwaway PostgreSQL schemas and databases on the tests'
+server (tests/postgres_server.py: a throwaway server of our own unless
+TEST_POSTGRES_URL names one), and messages and settings for the outbox.
 
 Plain functions rather than fixtures, so that every area shares one
 implementation; tests/conftest.py wraps them in fixtures.
@@ -7,13 +8,11 @@ implementation; tests/conftest.py wraps them in fixtures.
 
 from __future__ import annotations
 
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,9 +21,7 @@ import sqlalchemy as sa
 from service.config import Settings
 from service.db import NewMessage, Outbox
 from service.mailer import RenderedMessage
-
-PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
-PG_URL = f"{PG_SERVER}/test"
+from tests import postgres_server
 
 # The `outbox_factory` fixture: url, create=True, **settings overrides -> Outbox.
 OutboxFactory = Callable[..., Outbox]
@@ -33,7 +30,9 @@ OutboxFactory = Callable[..., Outbox]
 # -- PostgreSQL ------------------------------------------------------------------------
 
 
-def admin_engine(url: str = PG_URL) -> sa.Engine:
+def admin_engine() -> sa.Engine:
+    """The tests' server (started on first use), on its database `test`."""
+    url = postgres_server.shared().url
     return sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
 
 
@@ -56,14 +55,14 @@ def wait_for_postgres(timeout: float = 30.0) -> None:
 
 
 def restart_postgres() -> None:
-    """Restart the local cluster (the version directory is the only one in /etc/postgresql)."""
-    version = next(p.name for p in Path("/etc/postgresql").iterdir())
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    """Restart the tests' server: a fast shutdown (every session ended), then start again."""
+    server = postgres_server.shared()
+    if isinstance(server, postgres_server.ExistingServer):
+        pytest.skip(
+            f"{postgres_server.URL_VARIABLE} names a server the tests do not own: "
+            "they do not restart it"
+        )
+    server.restart()
 
 
 @contextmanager
@@ -75,7 +74,7 @@ def _created(create: str, drop: str) -> Iterator[None]:
             conn.exec_driver_sql(create)
     except sa.exc.OperationalError as exc:  # pragma: no cover - depends on the machine
         admin.dispose()
-        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is not answering: {exc}")
+        pytest.fail(f"PostgreSQL at {admin.url!r} is not answering: {exc}")
     try:
         yield
     finally:
@@ -90,7 +89,8 @@ def throwaway_schema() -> Iterator[str]:
     """A fresh schema, first on the search_path of the URL yielded; dropped after."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
     with _created(f"CREATE SCHEMA {schema}", f"DROP SCHEMA {schema} CASCADE"):
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+        url = postgres_server.shared().url.update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
 
 
 @contextmanager
@@ -100,7 +100,8 @@ def throwaway_database() -> Iterator[str]:
     with its search_path."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     with _created(f"CREATE DATABASE {name}", f"DROP DATABASE {name} WITH (FORCE)"):
-        yield f"{PG_SERVER}/{name}"
+        url = postgres_server.shared().url.set(database=name)
+        yield url.render_as_string(hide_password=False)
 
 
 # -- the outbox's inputs ---------------------------------------------------------------

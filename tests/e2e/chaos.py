@@ -284,7 +284,13 @@ def database_of(kind: str, workdir: Path) -> Iterator[str]:
         yield f"sqlite:///{workdir / 'outbox.db'}"
         return
     from tests.db.helpers import throwaway_database
+    from tests.postgres_server import PostgresUnavailable, shared
 
+    # A throwaway server of this process's own, stopped at exit (or TEST_POSTGRES_URL's).
+    try:
+        shared()
+    except PostgresUnavailable as exc:
+        raise SystemExit(f"chaos: {exc}") from exc
     with throwaway_database() as url:
         yield url
 
