@@ -2,7 +2,8 @@
 
 Opt-in sessions: `unit`, `e2e`, `postgres` (the tests by what they cost),
 `coverage` (the tests with every subprocess measured too),
-`contract` (tests/api, then schemathesis), `dev` (service + fakesmtp),
+`contract` (tests/api, then schemathesis), `mailpit_npm` (the mailpit-api npm
+client against fakesmtp; needs Node.js and npm), `dev` (service + fakesmtp),
 `load` (locust), `bench` (benchmark scripts), `soak` (crash recovery at length:
 random SIGKILLs and SIGTERMs under load). Each session installs what it
 needs into its own virtualenv, so a fresh clone needs only nox itself.
@@ -91,6 +92,16 @@ def contract(session: nox.Session) -> None:
     session.install("-e", ".[test,contract]")
     session.run("pytest", "tests/api", *session.posargs)
     session.run("python", "tests/schemathesis_run.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def mailpit_npm(session: nox.Session) -> None:
+    """The mailpit-api npm client against `python -m fakesmtp`'s Mailpit API v1, with the
+    machine's Node.js (18 or newer) and npm: tests/npm/run_mailpit_npm.py sends the mail,
+    tests/npm/mailpit_client_check.mjs checks it through the client."""
+    session.install("-e", ".")
+    session.run("npm", "ci", "--prefix", "tests/npm", "--no-audit", "--no-fund", external=True)
+    session.run("python", "tests/npm/run_mailpit_npm.py")
 
 
 @nox.session(python=PYTHON)
