@@ -198,28 +198,27 @@ class AcceptWrites(Store):
             self._write_outcome_logs(conn, dataclasses.replace(outcome, retry_at=wait_until), now)
 
     def finish_sync(self, outcome: Outcome, response_code: int, response_body: str) -> None:
-        """Record the final outcome of a synchronous send and the answer given."""
+        """Record the final outcome of a synchronous send and the answer given
+        (on the DBAPI cursor: it is on every /send's path)."""
         now = self._clock()
         error = outcome.error
-        with self._tx() as conn:
-            conn.execute(
-                messages_table.update()
-                .where(_m.id == outcome.id)
-                .values(
-                    status="sent" if error is None else "failed",
-                    attempts=outcome.attempt,
-                    last_error=str(error) if error is not None else None,
-                    last_code=error.code if error is not None else None,
-                    rejected=rejected_json(outcome.rejected),
-                    sent_at=now if error is None else None,
-                    updated_at=now,
-                    lease_until=None,
-                    owner=None,
-                    response_code=response_code,
-                    response_body=response_body,
-                )
-            )
-            self._write_outcome_logs(conn, outcome, now)
+        values = {
+            "b_id": outcome.id,
+            "status": "sent" if error is None else "failed",
+            "attempts": outcome.attempt,
+            "last_error": str(error) if error is not None else None,
+            "last_code": error.code if error is not None else None,
+            "rejected": rejected_json(outcome.rejected),
+            "sent_at": now if error is None else None,
+            "b_now": now,
+            "response_code": response_code,
+            "response_body": response_body,
+        }
+        with self._driver() as cursor:
+            cursor.execute(self._finish_sync.sql, self._finish_sync.params(values))
+            for sql, rows in self._outcome_logs([outcome], now):
+                if rows:
+                    cursor.executemany(sql, rows)
 
     def _write_outcome_logs(self, conn: Connection, outcome: Outcome, now: float) -> None:
         for sql, rows in self._outcome_logs([outcome], now):

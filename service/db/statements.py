@@ -25,6 +25,7 @@ __all__ = [
     "ATTEMPT_COLUMNS",
     "CLAIM_NAMES",
     "EVENT_COLUMNS",
+    "FINISH_SYNC_NAMES",
     "INSERT_COLUMNS",
     "OUTCOME_NAMES",
     "SUPPRESSION_COLUMNS",
@@ -36,6 +37,7 @@ __all__ = [
     "claim_statement",
     "event_if_recorded_statement",
     "event_row",
+    "finish_sync_statement",
     "hard_refusals",
     "outcome_statement",
     "record_from_row",
@@ -208,6 +210,43 @@ def outcome_statement() -> sa.Update:
             lease_until=None,
             owner=None,
             updated_at=sa.bindparam("b_now"),
+        )
+    )
+
+
+# The names finish_sync_statement binds.
+FINISH_SYNC_NAMES = (
+    "b_id",
+    "status",
+    "attempts",
+    "last_error",
+    "last_code",
+    "rejected",
+    "sent_at",
+    "b_now",
+    "response_code",
+    "response_body",
+)
+
+
+def finish_sync_statement() -> sa.Update:
+    """A synchronous send's final outcome and the answer it gave (for an
+    Idempotency-Key's replay), written once the relay has answered."""
+    return (
+        messages_table.update()
+        .where(_m.id == sa.bindparam("b_id"))
+        .values(
+            status=sa.bindparam("status"),
+            attempts=sa.bindparam("attempts"),
+            last_error=sa.bindparam("last_error"),
+            last_code=sa.bindparam("last_code"),
+            rejected=sa.bindparam("rejected"),
+            sent_at=sa.bindparam("sent_at"),
+            updated_at=sa.bindparam("b_now"),
+            lease_until=None,
+            owner=None,
+            response_code=sa.bindparam("response_code"),
+            response_body=sa.bindparam("response_body"),
         )
     )
 

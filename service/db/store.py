@@ -25,6 +25,7 @@ from service.db.statements import (
     ATTEMPT_COLUMNS,
     CLAIM_NAMES,
     EVENT_COLUMNS,
+    FINISH_SYNC_NAMES,
     INSERT_COLUMNS,
     OUTCOME_NAMES,
     SUPPRESSION_COLUMNS,
@@ -34,6 +35,7 @@ from service.db.statements import (
     claim_statement,
     event_if_recorded_statement,
     event_row,
+    finish_sync_statement,
     hard_refusals,
     outcome_statement,
     suppression_insert,
@@ -166,6 +168,7 @@ class Store:
         self._claims: dict[int, DriverStatement] = {}
         self._lookups: dict[int, DriverStatement] = {}  # suppressions, by address count
         self._outcome = DriverStatement(outcome_statement(), dialect, OUTCOME_NAMES)
+        self._finish_sync = DriverStatement(finish_sync_statement(), dialect, FINISH_SYNC_NAMES)
         self._attempt = DriverStatement(
             attempts_table.insert(), dialect, ATTEMPT_COLUMNS, column_keys=ATTEMPT_COLUMNS
         )

@@ -10,8 +10,9 @@ import time
 import pytest
 
 from service import db
-from service.api.offload import database_call, run_in_daemon_thread
+from service.api.offload import DaemonThreads, database_call, run_in_daemon_thread
 from service.config import Settings
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -43,6 +44,41 @@ def test_smtp_work_of_requests_runs_in_daemon_threads_within_the_slot_limit() ->
     assert asyncio.run(main()) == [0, 2, 4, 6, 8, 10]
     assert peak == 2
     assert daemons == [True] * 6
+
+
+def test_daemon_threads_are_reused_run_side_by_side_and_leave_when_idle() -> None:
+    threads = DaemonThreads("test-work", idle_seconds=0.3)
+    ran: list[threading.Thread] = []
+    done = threading.Event()
+    threads.submit(lambda: (ran.append(threading.current_thread()), done.set()))
+    assert done.wait(5)
+    first = ran[0]
+    assert first.daemon
+    wait_until(lambda: _idle(threads) == 1, timeout=5, what="idle")
+    # Sequential work goes to the idle thread instead of a new one.
+    done.clear()
+    threads.submit(lambda: (ran.append(threading.current_thread()), done.set()))
+    assert done.wait(5)
+    assert ran[1] is first
+    # Work submitted while the only idle thread is counted on gets a thread of its
+    # own: two blocked tasks both start (neither waits for the other).
+    wait_until(lambda: _idle(threads) == 1, timeout=5, what="idle again")
+    both = threading.Barrier(2, timeout=5)
+    finished = threading.Semaphore(0)
+    for _ in range(2):
+        threads.submit(lambda: (both.wait(), finished.release()))
+    assert finished.acquire(timeout=5)
+    assert finished.acquire(timeout=5)
+    # Idle for longer than idle_seconds, every thread leaves.
+    wait_until(
+        lambda: not any(t.name == "test-work" for t in threading.enumerate()),
+        timeout=5,
+        what="idle threads gone",
+    )
+
+
+def _idle(threads: DaemonThreads) -> int:
+    return threads._idle
 
 
 def ran_on_the_event_loop(outbox: db.Outbox) -> bool:
