@@ -65,9 +65,7 @@ def read_banner(output: Path, proc: subprocess.Popen[bytes], timeout: float = 30
 def devserver(tmp_path: Path, *extra: str) -> Iterator[Dev]:
     output = tmp_path / "console.log"
     with output.open("wb") as sink:
-        proc = subprocess.Popen(
-            dev_args(tmp_path, *extra), stdout=sink, stderr=subprocess.STDOUT
-        )
+        proc = subprocess.Popen(dev_args(tmp_path, *extra), stdout=sink, stderr=subprocess.STDOUT)
     try:
         banner = read_banner(output, proc)
         url = re.search(r"mail service\s+(http://\S+)", banner)
