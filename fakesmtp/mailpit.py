@@ -523,10 +523,16 @@ def get_part(request: Request) -> Response:
     return Response(
         content,
         headers={
-            "content-type": part.content_type,
+            "content-type": _header_value(part.content_type, "application/octet-stream"),
             "content-disposition": f'inline; filename="{name}"',
         },
     )
+
+
+def _header_value(value: str, fallback: str) -> str:
+    """``value`` if it can go in an HTTP header as it is (printable ASCII), else
+    ``fallback``: a mangled part's type may hold any byte the message held."""
+    return value if value.isascii() and value.isprintable() else fallback
 
 
 class _BadBody(ValueError):

@@ -684,6 +684,11 @@ BROKEN = {
         b"Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; x\r\n\r\n"
         b"Final-Recipient: rfc822; a@b\r\n--b--\r\n"
     ),
+    "control bytes in a part's type": (
+        b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+        b"Content-Type: application/p\x80d\x00f\r\nContent-Disposition: attachment; "
+        b"filename=a.pdf\r\n\r\nxx\r\n--b--\r\n"
+    ),
     "deep nesting": (
         b"".join(
             b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i)
