@@ -5,7 +5,11 @@ with capture on and (b) an aiosmtpd server whose handler answers 250 and keeps
 nothing, alternating rounds so both see the same machine load, and prints
 msgs/s for each and the ratio a/b (target: a/b >= 0.8, a >= 2000 msgs/s).
 
-    .venv/bin/python bench/fakesmtp_bench.py --messages 5000 --rounds 3
+    python bench/fakesmtp_bench.py --messages 5000 --rounds 3
+    python bench/fakesmtp_bench.py --messages 5000 --rounds 3 --events
+
+--events runs fakesmtp with its HTTP API on and one GET /api/events stream open,
+read by curl: the cost of pushing every message as it is stored.
 """
 
 from __future__ import annotations
@@ -97,10 +101,39 @@ def client_main(port: int, count: int) -> float:
     return count / elapsed
 
 
+def wait_for_stream(fake: FakeSMTPServer, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while fake.stats()["event_streams"] < 1:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the event reader did not connect")
+        time.sleep(0.05)
+
+
+@contextmanager
+def event_reader(url: str | None) -> Iterator[None]:
+    """One event stream open on ``url`` (none if ``url`` is None), from another process."""
+    if url is None:
+        yield
+        return
+    # curl, not a Python client: the reader shares the two cores with the server and
+    # the sender, and must cost as little as it can.
+    reader = subprocess.Popen(
+        ["curl", "-sN", f"{url}/api/events"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield
+    finally:
+        reader.terminate()
+        reader.wait(10)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--events", action="store_true", help="HTTP API on, one GET /api/events stream open"
+    )
     parser.add_argument("--client", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client is not None:
@@ -108,7 +141,12 @@ def main() -> int:
         return 0
     fake_rates: list[float] = []
     bare_rates: list[float] = []
-    with FakeSMTPServer(max_messages=max(args.messages, 10000)) as fake, bare_aiosmtpd() as bare:
+    fake_server = FakeSMTPServer(
+        max_messages=max(args.messages, 10000), http_port=0 if args.events else None
+    )
+    with fake_server as fake, bare_aiosmtpd() as bare, event_reader(fake.http_url):
+        if args.events:
+            wait_for_stream(fake)
         send_many(fake.port, 200)  # warm up both
         send_many(bare, 200)
         for _ in range(args.rounds):
@@ -120,6 +158,8 @@ def main() -> int:
     a, b = max(fake_rates), max(bare_rates)
     a_med, b_med = statistics.median(fake_rates), statistics.median(bare_rates)
     print(f"messages per round: {args.messages}, rounds: {args.rounds}")
+    if args.events:
+        print("(a) with its HTTP API on and one event stream open")
     print(f"(a) fakesmtp, capture on: best {a:6.0f} msgs/s, median {a_med:6.0f}")
     print(f"(b) bare aiosmtpd, no-op:  best {b:6.0f} msgs/s, median {b_med:6.0f}")
     print(f"a/b = {a / b:.2f} (best), {a_med / b_med:.2f} (median); target >= 0.80")

@@ -20,12 +20,13 @@ from datetime import UTC, datetime
 from email import policy, utils
 from email.header import decode_header, make_header
 from email.message import EmailMessage, MIMEPart
-from email.parser import BytesParser
+from email.parser import BytesHeaderParser, BytesParser
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import unquote_plus
 
 _PARSER = BytesParser(policy=policy.default)
+_HEADER_PARSER = BytesHeaderParser(policy=policy.default)
 
 
 def clean_text(value: str) -> str:
@@ -439,6 +440,46 @@ def _search_text(
     return search_form(" ".join(words))
 
 
+_HEADLINE = frozenset({"subject", "message-id"})
+
+
+def _decoded_headers(
+    msg: EmailMessage, items: Iterable[tuple[str, str]] | None = None
+) -> list[tuple[str, str]]:
+    """``items`` (all of the message's raw headers by default), decoded."""
+    headers: list[tuple[str, str]] = []
+    for name, value in msg.raw_items() if items is None else items:
+        try:
+            headers.append((name, _header_value(msg.policy.header_fetch_parse(name, value))))
+        except Exception:
+            headers.append((name, _header_value(value)))
+    return headers
+
+
+def _first(headers: list[tuple[str, str]], name: str) -> str | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _headline(raw: bytes) -> tuple[str | None, str | None]:
+    """Subject and Message-ID from the headers alone, as _parse reads them: what a
+    summary needs, at a fraction of a whole parse (an event is sent for every message
+    while it is captured)."""
+    try:
+        msg = _HEADER_PARSER.parsebytes(raw)
+    except Exception:
+        return None, None
+    assert isinstance(msg, EmailMessage)
+    # Only the two that are shown: decoding every header (addresses most of all) would
+    # cost more than the rest of capture.
+    wanted = [(name, value) for name, value in msg.raw_items() if name.lower() in _HEADLINE]
+    headers = _decoded_headers(msg, wanted)
+    message_id = _first(headers, "message-id")
+    return _first(headers, "subject"), message_id.strip() if message_id else None
+
+
 def _parse(raw: bytes, rcpt_tos: Sequence[str] = ()) -> _Parsed:
     """Parse without ever raising: a capture tool must show mail that is broken."""
     try:
@@ -451,18 +492,10 @@ def _parse(raw: bytes, rcpt_tos: Sequence[str] = ()) -> _Parsed:
             snippet=_snippet(body, ""),
             search_text=search_form(body),
         )  # fmt: skip
-    headers: list[tuple[str, str]] = []
-    for name, value in msg.raw_items():
-        try:
-            headers.append((name, _header_value(msg.policy.header_fetch_parse(name, value))))
-        except Exception:
-            headers.append((name, _header_value(value)))
+    headers = _decoded_headers(msg)
 
     def first(name: str) -> str | None:
-        for key, value in headers:
-            if key.lower() == name:
-                return value
-        return None
+        return _first(headers, name)
 
     message_id = first("message-id")
     text: str | None = None
@@ -515,6 +548,7 @@ class CapturedMessage:
     """One accepted message: envelope, connection facts and raw bytes; MIME on demand."""
 
     __slots__ = (
+        "_headline",
         "_parsed",
         "auth_user",
         "id",
@@ -549,6 +583,16 @@ class CapturedMessage:
         # Mailpit's read flag: set when its API shows the message or is told to.
         self.read = False
         self._parsed: _Parsed | None = None
+        self._headline: tuple[str | None, str | None] | None = None
+
+    def _head(self) -> tuple[str | None, str | None]:
+        parsed = self._parsed
+        if parsed is not None:
+            return parsed.subject, parsed.message_id
+        head = self._headline
+        if head is None:
+            head = self._headline = _headline(self.raw)
+        return head
 
     def _get(self) -> _Parsed:
         # Racing threads may both parse; the result is the same, so no lock.
@@ -559,11 +603,11 @@ class CapturedMessage:
 
     @property
     def subject(self) -> str | None:
-        return self._get().subject
+        return self._head()[0]
 
     @property
     def message_id(self) -> str | None:
-        return self._get().message_id
+        return self._head()[1]
 
     @property
     def headers(self) -> list[tuple[str, str]]:

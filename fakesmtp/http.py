@@ -1,21 +1,21 @@
-"""The HTTP JSON API and the HTML page, served on the SMTP server's own event loop."""
+"""The HTTP JSON API and the web page, served on the SMTP server's own event loop."""
 
 from __future__ import annotations
 
-import html
 import json
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
-from fakesmtp import mailpit
+from fakesmtp import mailpit, web
+from fakesmtp.events import EventHub, events
 from fakesmtp.faults import FaultRule, FaultSpecError
 
 if TYPE_CHECKING:
-    from fakesmtp.capture import CapturedMessage
     from fakesmtp.server import FakeSMTPServer
 
 
@@ -111,19 +111,10 @@ async def stats(request: Request) -> Response:
     return JSONResponse(_server(request).stats())
 
 
-async def index(request: Request) -> Response:
-    server = _server(request)
-    message_id = request.query_params.get("id")
-    if message_id is None:
-        return HTMLResponse(_page("fakesmtp", _list_html(server)))
-    message = server.message(message_id)
-    if message is None:
-        return HTMLResponse(_page("Not found", "<p>No such message.</p>"), 404)
-    return HTMLResponse(_page(message.subject or "(no subject)", _message_html(message)))
-
-
 _ROUTES = (
-    Route("/", index, methods=["GET"]),
+    Route("/", web.index, methods=["GET"]),
+    Route("/view/{id}.html", web.view_html, methods=["GET"]),
+    Mount("/static", StaticFiles(directory=web.STATIC, follow_symlink=False), name="static"),
     Route("/api/health", health, methods=["GET"]),
     Route("/api/messages", list_messages, methods=["GET"]),
     Route("/api/messages", delete_messages, methods=["DELETE"]),
@@ -135,66 +126,17 @@ _ROUTES = (
     Route("/api/faults/{id}", get_fault, methods=["GET"]),
     Route("/api/faults/{id}", delete_fault, methods=["DELETE"]),
     Route("/api/stats", stats, methods=["GET"]),
+    Route("/api/events", events, methods=["GET"]),
     *mailpit.ROUTES,
 )
 
 
-def create_app(server: FakeSMTPServer) -> Starlette:
+def create_app(server: FakeSMTPServer, *, events: EventHub | None = None) -> Starlette:
     """Build the API for one server. No global app: each server gets its own,
-    and the endpoints find their server on ``app.state``."""
+    and the endpoints find their server on ``app.state``. ``events`` feeds
+    GET /api/events; the server passes the hub it closes when it stops (without
+    one, the app makes its own, bound to the loop of its first stream)."""
     app = Starlette(routes=_ROUTES)
     app.state.server = server
+    app.state.events = events if events is not None else EventHub(server.subscribe)
     return app
-
-
-def _page(title: str, body: str) -> str:
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:.2em .6em;"
-        "text-align:left}pre{white-space:pre-wrap;background:#f4f4f4;padding:1em}</style>"
-        f"</head><body>{body}</body></html>"
-    )
-
-
-def _list_html(server: FakeSMTPServer) -> str:
-    messages = server.messages()
-    rows = "".join(
-        "<tr>"
-        f"<td><a href='/?id={html.escape(m.id)}'>"
-        f"{html.escape(m.subject or '(no subject)')}</a></td>"
-        f"<td>{html.escape(m.mail_from)}</td>"
-        f"<td>{html.escape(', '.join(m.rcpt_tos))}</td>"
-        f"<td>{html.escape(m.received_at.isoformat(timespec='seconds'))}</td>"
-        f"<td>{m.size}</td></tr>"
-        for m in messages[:500]
-    )
-    return (
-        f"<h1>fakesmtp</h1><p>{len(messages)} message(s), newest first.</p>"
-        "<table><tr><th>Subject</th><th>From</th><th>To</th><th>Received</th><th>Bytes</th></tr>"
-        f"{rows}</table>"
-    )
-
-
-def _message_html(message: CapturedMessage) -> str:
-    headers = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in message.headers
-    )
-    parts = [
-        "<p><a href='/'>&larr; all messages</a> | "
-        f"<a href='/api/messages/{html.escape(message.id)}/raw'>raw</a></p>",
-        f"<h1>{html.escape(message.subject or '(no subject)')}</h1>",
-        f"<p>Envelope: {html.escape(message.mail_from)} &rarr; "
-        f"{html.escape(', '.join(message.rcpt_tos))}; TLS: {'yes' if message.tls else 'no'}; "
-        f"AUTH: {html.escape(message.auth_user or '-')}</p>",
-        f"<table>{headers}</table>",
-    ]
-    if message.text is not None:
-        parts.append(f"<h2>Text</h2><pre>{html.escape(message.text)}</pre>")
-    if message.html is not None:
-        # Shown as source: rendering captured HTML would run whatever it contains.
-        parts.append(f"<h2>HTML (source)</h2><pre>{html.escape(message.html)}</pre>")
-    if message.attachments:
-        names = ", ".join(html.escape(a) for a in message.attachments)
-        parts.append(f"<h2>Attachments</h2><p>{names}</p>")
-    return "".join(parts)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import random
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 from fakesmtp import replies
 from fakesmtp.capture import CapturedMessage, MessageStore, StoreListener
@@ -19,6 +21,9 @@ from fakesmtp.faults import FaultRule, FaultSet
 from fakesmtp.options import ServerOptions
 from fakesmtp.policies import Greylist, TokenBucket
 from fakesmtp.protocol import ServerState, abort_transport, make_protocol_factory
+
+if TYPE_CHECKING:
+    from fakesmtp.events import EventHub
 
 log = logging.getLogger("fakesmtp")
 
@@ -57,6 +62,7 @@ class FakeSMTPServer:
         self._stop_event: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._events: EventHub | None = None
 
     # life cycle ------------------------------------------------------------
     @property
@@ -159,6 +165,8 @@ class FakeSMTPServer:
         finally:
             smtp.close()
             self._abort_active()
+            if self._events is not None:
+                self._events.close()  # open event streams end now, not at uvicorn's timeout
             if http_server is not None and http_task is not None:
                 http_server.should_exit = True
                 await http_task
@@ -181,6 +189,7 @@ class FakeSMTPServer:
     async def _start_http(self) -> tuple[Any, asyncio.Task[None]]:
         import uvicorn  # imported here: only servers with an HTTP API pay for it
 
+        from fakesmtp.events import EventHub
         from fakesmtp.http import create_app
 
         sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
@@ -191,8 +200,10 @@ class FakeSMTPServer:
             sock.close()
             raise
         self.http_port = sock.getsockname()[1]
+        self._events = EventHub(self.subscribe)
+        self._events.start()
         config = uvicorn.Config(
-            create_app(self),
+            create_app(self, events=self._events),
             log_config=None,
             access_log=False,
             lifespan="off",
@@ -215,8 +226,52 @@ class FakeSMTPServer:
     def message(self, message_id: str) -> CapturedMessage | None:
         return self._state.store.get(message_id)
 
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[CapturedMessage]:
-        """Block until at least ``count`` messages are held; TimeoutError otherwise."""
+    @overload
+    def wait_for(
+        self, predicate: Callable[[CapturedMessage], bool], timeout: float = 10.0
+    ) -> CapturedMessage: ...
+
+    @overload
+    def wait_for(self, predicate: int, timeout: float = 10.0) -> list[CapturedMessage]: ...
+
+    def wait_for(
+        self, predicate: Callable[[CapturedMessage], bool] | int, timeout: float = 10.0
+    ) -> CapturedMessage | list[CapturedMessage]:
+        """The first message, held already (oldest first) or arriving within ``timeout``
+        seconds, for which ``predicate(message)`` is true; TimeoutError otherwise.
+
+        The predicate runs on the calling thread. An int instead of a predicate is
+        :meth:`wait_for_count` (the older form of this call)."""
+        if isinstance(predicate, int):
+            return self.wait_for_count(predicate, timeout)
+        deadline = time.monotonic() + timeout
+        arrived: queue.SimpleQueue[CapturedMessage] = queue.SimpleQueue()
+
+        def listener(kind: str, message: CapturedMessage | None) -> None:
+            if kind == "message" and message is not None:
+                arrived.put(message)
+
+        # Listen first, then look at what is held: a message stored in between is
+        # seen twice at worst, never missed.
+        unsubscribe = self.subscribe(listener)
+        try:
+            for message in reversed(self.messages()):
+                if predicate(message):
+                    return message
+            while (remaining := deadline - time.monotonic()) > 0:
+                try:
+                    message = arrived.get(timeout=remaining)
+                except queue.Empty:
+                    break
+                if predicate(message):
+                    return message
+        finally:
+            unsubscribe()
+        raise TimeoutError(_no_match(predicate, timeout, self.messages()))
+
+    def wait_for_count(self, count: int, timeout: float = 10.0) -> list[CapturedMessage]:
+        """Block until at least ``count`` messages are held, then all of them, newest
+        first; TimeoutError otherwise."""
         return self._state.store.wait_for(count, timeout)
 
     def clear_messages(self) -> None:
@@ -251,8 +306,21 @@ class FakeSMTPServer:
 
     # counters ------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """Counts: connections, messages, stored, faults fired, bounces, replies by code."""
-        return self._state.stats()
+        """Counts: connections, messages, stored, faults fired, bounces, replies by code,
+        and ``event_streams`` (GET /api/events clients connected now)."""
+        streams = len(self._events) if self._events is not None else 0
+        return {**self._state.stats(), "event_streams": streams}
+
+
+def _no_match(predicate: object, timeout: float, held: list[CapturedMessage]) -> str:
+    """Why wait_for gave up: what it waited for, and what there was instead."""
+    what = getattr(predicate, "__qualname__", None) or repr(predicate)
+    subjects = ", ".join(repr(m.subject) for m in held[:5])
+    more = f", and {len(held) - 5} more" if len(held) > 5 else ""
+    return (
+        f"no captured message matched {what} within {timeout}s; "
+        f"{len(held)} held (newest first: {subjects or 'none'}{more})"
+    )
 
 
 def _new_state(options: ServerOptions) -> ServerState:

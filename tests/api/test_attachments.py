@@ -11,7 +11,6 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -246,26 +245,6 @@ def test_any_content_that_is_not_strict_base64_is_refused(text: str) -> None:
     except ValueError:
         accepted = False
     assert accepted == strict
-
-
-def test_fakesmtps_page_and_api_show_the_parts(
-    make_client: MakeClient, make_settings: MakeSettings
-) -> None:
-    """The same message, captured by a fakesmtp with its HTTP API: the detail lists the
-    files and the page names them beside the text and the HTML source."""
-    with FakeSMTPServer(port=0, http_port=0) as web_relay:
-        client = make_client(make_settings(smtp_host=web_relay.host, smtp_port=web_relay.port))
-        response = client.post("/send", json=INVOICE, headers=AUTH)
-        assert response.status_code == 200, response.text
-        [captured] = web_relay.messages()
-        detail = httpx.get(f"{web_relay.http_url}/api/messages/{captured.id}").json()
-        assert detail["text"].strip() == "Your invoice is attached."
-        assert 'src="cid:logo"' in detail["html"]
-        assert sorted(detail["attachments"]) == ["Grüße résumé.csv", "invoice.pdf", "logo.png"]
-        page = httpx.get(f"{web_relay.http_url}/", params={"id": captured.id}).text
-        assert "invoice.pdf" in page
-        assert "logo.png" in page
-        assert "Your invoice is attached." in page
 
 
 def test_validation_takes_the_base64_text_out_of_the_parsed_request() -> None:

@@ -79,8 +79,7 @@ def test_the_envelope_sender_is_verp_and_the_from_header_is_unchanged(
 ) -> None:
     client = make_client(bounce_settings)
     record_id = send(client, "ana@example.com")
-    wait_until(lambda: len(bouncing_relay.messages()) == 1)
-    (captured,) = bouncing_relay.messages()
+    (captured,) = bouncing_relay.wait_for_count(1)
     assert captured.mail_from == f"bounces+{record_id}@mail.example.com"
     assert b"From: app@example.com" in captured.raw
 

@@ -106,7 +106,7 @@ def test_a_receiver_down_gets_the_whole_backlog_once_it_is_back_each_id_once(
 ) -> None:
     client = make_client(hooked_settings)  # the receiver is down: nothing listens
     ids = send(client, 30)
-    wait_until(lambda: len(relay.messages()) == 30, what="all delivered meanwhile")
+    assert len(relay.wait_for_count(30)) == 30  # all delivered meanwhile
     wait_until(lambda: metric(client, "mail_webhook_events_pending") == 30.0, what="waiting")
     receiver.up()
     # WEBHOOK_RETRY_MAX is 0.5 s: within about that the backlog goes out.
@@ -126,7 +126,7 @@ def test_backoff_is_per_receiver_so_a_failing_one_is_probed_not_flooded(
     receiver.up()
     client = make_client(hooked_settings)
     send(client, 40)
-    wait_until(lambda: len(relay.messages()) == 40, what="delivered")
+    assert len(relay.wait_for_count(40)) == 40  # delivered
     wait_until(lambda: len(receiver.deliveries) >= 4, what="a few probes")
     failed_calls = len(receiver.deliveries)
     # Per event, 40 events would have made at least 40 calls by now.

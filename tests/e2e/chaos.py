@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 
-from fakesmtp import FakeSMTPServer, FaultRule
+from fakesmtp import CapturedMessage, FakeSMTPServer, FaultRule
 from service.db.schema import messages_table
 from tests.e2e.helpers import API_KEY, ServiceProcess, free_port, statuses
 
@@ -161,11 +161,19 @@ def wait_arrived(
     smtp: FakeSMTPServer, message_ids: set[str], timeout: float, database: str
 ) -> float:
     started = time.monotonic()
-    while not message_ids <= set(arrived(smtp)):
-        if time.monotonic() - started > timeout:
-            missing = message_ids - set(arrived(smtp))
-            raise AssertionError(f"{len(missing)} never arrived: {rows_of(database, missing)}")
-        time.sleep(0.1)
+    missing = set(message_ids)
+
+    def the_last_one(message: CapturedMessage) -> bool:
+        missing.discard(message.message_id or "")
+        return not missing
+
+    if missing:
+        try:
+            smtp.wait_for(the_last_one, timeout=timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"{len(missing)} never arrived: {rows_of(database, missing)}"
+            ) from None
     return time.monotonic() - started
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fakesmtp import FakeSMTPServer, FaultRule
+from fakesmtp import CapturedMessage, FakeSMTPServer, FaultRule
 from tests.e2e.helpers import API_KEY, ServiceProcess, free_port, python_m, statuses
 from tests.helpers import wait_until
 
@@ -68,12 +68,18 @@ def wait_connections(smtp: FakeSMTPServer, at_least: int, timeout: float = 15.0)
 def wait_delivered(smtp: FakeSMTPServer, message_ids: set[str], timeout: float) -> float:
     """Seconds until every one of `message_ids` arrived (fails after `timeout`)."""
     started = time.monotonic()
-    while True:
-        arrived = {m.message_id for m in smtp.messages()}
-        if message_ids <= arrived:
-            return time.monotonic() - started
-        assert time.monotonic() - started < timeout, f"missing {len(message_ids - arrived)}"
-        time.sleep(0.05)
+    missing = set(message_ids)
+
+    def the_last_one(message: CapturedMessage) -> bool:
+        missing.discard(message.message_id or "")
+        return not missing
+
+    if missing:
+        try:
+            smtp.wait_for(the_last_one, timeout=timeout)
+        except TimeoutError:
+            raise AssertionError(f"missing {len(missing)}") from None
+    return time.monotonic() - started
 
 
 def count_status(database: str, status: str) -> int:

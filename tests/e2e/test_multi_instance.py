@@ -22,7 +22,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from fakesmtp import FakeSMTPServer
+from fakesmtp import CapturedMessage, FakeSMTPServer
 from tests.db.helpers import restart_postgres, wait_for_postgres
 from tests.e2e.helpers import API_KEY, ServiceProcess, statuses
 
@@ -164,15 +164,18 @@ def make_traffic() -> Iterator[Callable[[Sequence[ServiceProcess]], Traffic]]:
 
 def wait_delivered(smtp: FakeSMTPServer, expected: set[str], timeout: float) -> list[str]:
     """Wait until every expected Message-ID arrived; return every Message-ID captured."""
-    deadline = time.monotonic() + timeout
-    while True:
-        captured = [_bare(m.message_id or "") for m in smtp.messages()]
-        missing = expected - set(captured)
-        if not missing:
-            return captured
-        if time.monotonic() > deadline:
+    missing = set(expected)
+
+    def the_last_one(message: CapturedMessage) -> bool:
+        missing.discard(_bare(message.message_id or ""))
+        return not missing
+
+    if missing:
+        try:
+            smtp.wait_for(the_last_one, timeout=timeout)
+        except TimeoutError:
             pytest.fail(f"{len(missing)} of {len(expected)} accepted messages never arrived")
-        time.sleep(0.2)
+    return [_bare(m.message_id or "") for m in smtp.messages()]
 
 
 def test_three_instances_deliver_3000_messages_each_exactly_once(
@@ -213,10 +216,10 @@ def test_instance_killed_mid_run_loses_nothing_and_duplicates_only_its_in_flight
     sending = threading.Thread(target=traffic.run, args=(MESSAGES,))
     sending.start()
     try:
-        deadline = time.monotonic() + 60
-        while smtp.stats().get("messages", 0) < MESSAGES // 3:
-            assert time.monotonic() < deadline, "delivery never got going"
-            time.sleep(0.01)
+        try:
+            smtp.wait_for_count(MESSAGES // 3, timeout=60)
+        except TimeoutError:
+            pytest.fail("delivery never got going")
         victim.kill()
         traffic.dead.add(0)
         # The dead process's claims, frozen at the moment of death: claimed, maybe

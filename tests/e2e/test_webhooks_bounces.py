@@ -106,7 +106,7 @@ def test_a_receiver_down_for_the_whole_run_gets_every_event_once_back_across_a_s
                 ).json()["id"]
                 for n in range(50)
             ]
-        wait_until(lambda: len(smtp.messages()) == 50, timeout=30, what="delivered")
+        assert len(smtp.wait_for_count(50, timeout=30)) == 50  # delivered
         first.kill()
         second = service_factory(env, port=first.port)
         second.start()
@@ -117,7 +117,7 @@ def test_a_receiver_down_for_the_whole_run_gets_every_event_once_back_across_a_s
                 ).json()["id"]
                 for n in range(50)
             ]
-            wait_until(lambda: len(smtp.messages()) == 100, timeout=30, what="delivered")
+            assert len(smtp.wait_for_count(100, timeout=30)) == 100  # delivered
             receiver.up()
             back = time.monotonic()
             # Within WEBHOOK_RETRY_MAX of its coming back (plus the time to send 100).

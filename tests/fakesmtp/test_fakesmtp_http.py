@@ -1,4 +1,4 @@
-"""The HTTP JSON API and the HTML page, served by the same background thread."""
+"""The HTTP JSON API, served by the same background thread (the page: test_web_*.py)."""
 
 from __future__ import annotations
 
@@ -157,23 +157,6 @@ def test_stats_count_connections_messages_and_replies(
     assert stats["messages"] == 2
     assert stats["replies"]["220"] == 1
     assert stats["replies"]["354"] == 2
-
-
-def test_html_page_lists_messages_and_shows_one_escaped(
-    server: FakeSMTPServer, http: httpx.Client
-) -> None:
-    send(server, "<script>alert(1)</script>")
-    page = http.get("/")
-    assert page.status_code == 200
-    assert page.headers["content-type"].startswith("text/html")
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
-    assert "<script>alert" not in page.text
-    message_id = server.messages()[0].id
-    one = http.get("/", params={"id": message_id})
-    assert one.status_code == 200
-    assert "plain body" in one.text
-    assert "&lt;b&gt;x&lt;/b&gt;" in one.text
-    assert http.get("/", params={"id": "999"}).status_code == 404
 
 
 def test_unknown_path_is_404(http: httpx.Client) -> None:

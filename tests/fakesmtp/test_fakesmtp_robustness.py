@@ -134,7 +134,9 @@ def test_parsing_is_lazy(fakesmtp: FakeSMTPServer) -> None:
         client.sendmail("s@example.com", ["r@example.com"], make_message("lazy"))
     [message] = fakesmtp.messages()
     assert message._parsed is None
-    assert message.subject == "lazy"
+    assert message.subject == "lazy"  # a summary's fields read the headers alone
+    assert message._parsed is None
+    assert message.text is not None
     assert message._parsed is not None
 
 
@@ -187,3 +189,22 @@ def test_an_internal_handler_error_answers_451_and_is_reraised_at_stop() -> None
     finally:
         with pytest.raises(RuntimeError, match="store is broken"):
             server.stop()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"Subject: =?utf-8?q?caf=C3=A9?= ok\r\nMessage-ID:  <a@b> \r\n\r\nx\r\n",
+        b"Subject: \xff\xfe caf\xc3\xa9\r\nFrom: \xe9 <a@\xff>\r\n\r\n\xe9\r\n",
+        b"Subject: folded\r\n  over two lines\r\nTo: <<<@@@>>>, ,\r\n\r\nx\r\n",
+        b"::::\r\n: no name\r\n\r\nno subject\r\n",
+        b"",
+    ],
+)
+def test_a_summary_reads_subject_and_id_as_the_whole_parse_does(raw: bytes) -> None:
+    quick = CapturedMessage("1", "s@example.com", ["r@example.com"], raw, tls=False, auth_user=None)
+    headline = (quick.subject, quick.message_id)  # from the headers alone
+    assert quick._parsed is None
+    whole = CapturedMessage("2", "s@example.com", ["r@example.com"], raw, tls=False, auth_user=None)
+    assert whole.text is not None  # the whole parse first
+    assert headline == (whole.subject, whole.message_id)
