@@ -21,6 +21,11 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 # machine needs no particular Python version installed beside it.
 PYTHON = None
 
+# fakesmtp is a distribution of its own (fakesmtp/pyproject.toml) that the service
+# depends on by name: naming its directory beside the service lets pip and uv alike
+# take it from here, not look for it on an index.
+FAKESMTP = ("-e", "./fakesmtp")
+
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
@@ -33,12 +38,12 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over both packages."""
-    session.install("-e", ".[test]", "mypy>=1.11")
+    session.install(*FAKESMTP, "-e", ".[test]", "mypy>=1.11")
     session.run("mypy")
 
 
 def _pytest_with_coverage(session: nox.Session, env: dict[str, str]) -> None:
-    session.install("-e", ".[test]")
+    session.install(*FAKESMTP, "-e", ".[test]")
     session.run("coverage", "erase")
     session.run("coverage", "run", "-m", "pytest", *session.posargs, env=env)
     session.run("coverage", "combine", success_codes=[0, 1])
@@ -63,7 +68,7 @@ def coverage(session: nox.Session) -> None:
 
 
 def _pytest_marked(session: nox.Session, marker: str) -> None:
-    session.install("-e", ".[test]")
+    session.install(*FAKESMTP, "-e", ".[test]")
     session.run("pytest", "-m", marker, *session.posargs)
 
 
@@ -89,7 +94,7 @@ def postgres(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def contract(session: nox.Session) -> None:
     """The HTTP API's tests (tests/api), then schemathesis against its own OpenAPI schema."""
-    session.install("-e", ".[test,contract]")
+    session.install(*FAKESMTP, "-e", ".[test,contract]")
     session.run("pytest", "tests/api", *session.posargs)
     session.run("python", "tests/schemathesis_run.py", *session.posargs)
 
@@ -99,7 +104,7 @@ def mailpit_npm(session: nox.Session) -> None:
     """The mailpit-api npm client against `python -m fakesmtp`'s Mailpit API v1, with the
     machine's Node.js (18 or newer) and npm: tests/npm/run_mailpit_npm.py sends the mail,
     tests/npm/mailpit_client_check.mjs checks it through the client."""
-    session.install("-e", ".")
+    session.install(*FAKESMTP, "-e", ".")
     session.run("npm", "ci", "--prefix", "tests/npm", "--no-audit", "--no-fund", external=True)
     session.run("python", "tests/npm/run_mailpit_npm.py")
 
@@ -107,7 +112,7 @@ def mailpit_npm(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def dev(session: nox.Session) -> None:
     """Run the service and fakesmtp together on SQLite and print where everything is."""
-    session.install("-e", ".")
+    session.install(*FAKESMTP, "-e", ".")
     # nox does not pass its own SIGTERM on: the server stops when nox is gone.
     session.run("python", "-m", "service.devserver", "--stop-with-parent", *session.posargs)
 
@@ -115,14 +120,14 @@ def dev(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def load(session: nox.Session) -> None:
     """Locust scenarios `steady` and `overload` against a service and fakesmtp started here."""
-    session.install("-e", ".[test,load]")
+    session.install(*FAKESMTP, "-e", ".[test,load]")
     session.run("python", "loadtests/run_scenarios.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmark scripts; each prints a ratio against a baseline measured in the same run."""
-    session.install("-e", ".[test,bench]")
+    session.install(*FAKESMTP, "-e", ".[test,bench]")
     session.run("python", "bench/run_all.py", *session.posargs)
 
 
@@ -130,7 +135,7 @@ def bench(session: nox.Session) -> None:
 def soak(session: nox.Session) -> None:
     """Crash recovery at length: 100,000 messages, 50 SIGKILLs and 10 SIGTERMs on SQLite,
     then on PostgreSQL (tests/e2e/chaos.py; arguments after -- replace the defaults)."""
-    session.install("-e", ".[test]")
+    session.install(*FAKESMTP, "-e", ".[test]")
     args = session.posargs or ["--messages", "100000", "--kills", "50", "--terms", "10"]
     for database in ("sqlite", "postgres"):
         session.run("python", "-m", "tests.e2e.chaos", "--database", database, *args)
