@@ -168,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.only:
             figures[path] = {}
             for side, python in (("before", args.before), ("after", args.after)):
+                # Absolute: each driver runs in a scratch directory, where a relative
+                # path to a virtualenv (`--before OLD/bin/python`) would name nothing.
+                python = os.path.abspath(python) if os.sep in python else python
                 if path == "accept":
                     with FakeSMTP(work, ["--fault", "connect:delay:3600"]) as relay:
                         cost = per_message(python, path, relay.port, args.small, args.large, work)

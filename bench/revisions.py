@@ -4,8 +4,8 @@
         --after /path/to/new-venv/bin/python --rounds 8
 
 Each interpreter runs its own checkout's `python -m service` (install each
-checkout into its own virtualenv with `pip install -e`); run it from a directory
-that holds no checkout, since `python -m` puts the working directory on sys.path.
+checkout into its own virtualenv with `pip install -e`); it runs them from a scratch
+directory of its own, since `python -m` puts the working directory on sys.path.
 Accept is bench/accept.py's measurement (the relay blocked, /send_async for
 --seconds over --connections), drain is bench/drain.py's (one backlog snapshot,
 delivered into Postfix's smtp-sink). The baseline is the `--before` build; ratios are
@@ -399,6 +399,11 @@ def drain_phase(
     return drains, whole
 
 
+def _interpreter(path: str) -> str:
+    """A path made absolute; a bare name (`python3`) is left to PATH."""
+    return os.path.abspath(path) if os.sep in path else path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--before", required=True, help="the interpreter of the old build")
@@ -425,7 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.simultaneous:
         check_cpus()
-    python = {"before": args.before, "after": args.after}
+    # Absolute: the run moves to a scratch directory below, where a relative path to a
+    # virtualenv (`--before 629d6cc/bin/python`) would name nothing.
+    python = {side: _interpreter(getattr(args, side)) for side in SIDES}
     load_before = load_average()
     with workdir("bench-revisions-", args.keep) as (work, logs):
         # `python -m` puts the working directory first on sys.path: run where no

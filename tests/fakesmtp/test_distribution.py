@@ -68,7 +68,14 @@ def install_alone(venv: Path) -> Path:
         subprocess.run([sys.executable, "-m", "venv", venv], check=True)
         python = venv / "bin" / "python"
         install = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run([*install, ROOT / "fakesmtp"], check=True, timeout=600)
+    # From a copy: building in place would leave build/ and *.egg-info in the package.
+    source = venv.parent / "fakesmtp-source"
+    shutil.copytree(
+        ROOT / "fakesmtp",
+        source,
+        ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"),
+    )
+    subprocess.run([*install, source], check=True, timeout=600)
     return python
 
 
