@@ -114,7 +114,8 @@ def render(payload: SendRequest, settings: Settings, record_id: str) -> Rendered
         raise HTTPException(
             status_code=413,
             detail=f"the built message is {len(rendered.data)} bytes, over "
-            f"{settings.max_message_bytes} (MAX_MESSAGE_BYTES)",
+            f"{settings.max_message_bytes} (MAX_MESSAGE_BYTES): send fewer or smaller "
+            "attachments (they travel base64-encoded, a third larger)",
         )
     return rendered
 

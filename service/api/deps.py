@@ -102,7 +102,8 @@ async def send_context(request: Request, key: KeyHeader) -> SendContext:
             services.metrics.rejected.labels("rate_limited").inc()
             raise HTTPException(
                 status_code=429,
-                detail="rate limit exceeded for this API key",
+                detail="rate limit exceeded for this API key: retry after the seconds in "
+                "Retry-After",
                 headers={"Retry-After": str(wait)},
             )
     return SendContext(client, services)

@@ -26,6 +26,11 @@ from service.types import IdempotencyRecord
 
 __all__ = ["IdempotencyKey", "raise_if_answered", "replay_after_race", "request_hash"]
 
+_IN_PROGRESS = (
+    "a request with this Idempotency-Key is still in progress: repeat it once that one "
+    "is answered to get its answer"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class IdempotencyKey:
@@ -73,9 +78,7 @@ async def replay_after_race(outbox: Outbox, key: IdempotencyKey, settings: Setti
     """A concurrent request with the same key committed first: answer as a repeat of it."""
     record = await _find(outbox, key.scope, settings)
     if record is None:  # purged in between: vanishingly rare, and safe to retry
-        raise HTTPException(
-            status_code=409, detail="a request with this Idempotency-Key is still in progress"
-        )
+        raise HTTPException(status_code=409, detail=_IN_PROGRESS)
     return _replay(record, key.request_hash)
 
 
@@ -83,12 +86,13 @@ def _replay(record: IdempotencyRecord, hashed: str) -> Response:
     if record.request_hash != hashed:
         raise validation_error(
             ("header", "Idempotency-Key"),
-            "this Idempotency-Key was used with a different request body",
+            "this Idempotency-Key was used with a different request body: use a new key "
+            "for a new request",
         )
     if record.response_code is None or record.response_body is None:
         raise HTTPException(
             status_code=409,
-            detail="a request with this Idempotency-Key is still in progress",
+            detail=_IN_PROGRESS,
         )
     return Response(
         content=record.response_body,

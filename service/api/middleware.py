@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.metrics import Metrics
 
-__all__ = ["BodySizeLimit", "RequestMetrics"]
+__all__ = ["BodySizeLimit", "RequestMetrics", "too_large"]
 
 
 # -- request latency, for /metrics --------------------------------------------------
@@ -58,16 +58,31 @@ class BodySizeLimit:
     the limit, so memory stays flat whatever the client sends.
     """
 
-    def __init__(self, app: ASGIApp, limit: int, per_path: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit: int,
+        per_path: dict[str, int] | None = None,
+        *,
+        setting: str = "MAX_MESSAGE_BYTES",
+        per_path_settings: dict[str, str] | None = None,
+    ) -> None:
         self.app = app
         self.limit = limit
         self.per_path = per_path or {}  # a path's own limit (a batch's body is larger)
+        # The setting that holds each limit, named in the 413 (create_app's per_path).
+        self.setting = setting
+        self.per_path_settings = (
+            {"/send_batch": "BATCH_MAX_BYTES"} if per_path_settings is None else per_path_settings
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.per_path.get(scope["path"], self.limit)
+        path = scope["path"]
+        limit = self.per_path.get(path, self.limit)
+        setting = self.per_path_settings.get(path, self.setting)
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
@@ -75,7 +90,7 @@ class BodySizeLimit:
                 except ValueError:
                     declared = -1  # the server rejects a malformed length before us
                 if declared > limit:
-                    await self._refuse(send, limit)
+                    await _refuse(send, too_large(limit, setting))
                     return
         received = 0
         started = False
@@ -86,7 +101,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _BodyTooLarge(limit)
+                    raise _BodyTooLarge(too_large(limit, setting))
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -100,29 +115,46 @@ class BodySizeLimit:
         except _BodyTooLarge:
             if started:  # pragma: no cover - endpoints read the body before answering
                 raise
-            await self._refuse(send, limit)
+            await _refuse(send, too_large(limit, setting))
 
-    async def _refuse(self, send: Send, limit: int) -> None:
-        body = json.dumps({"detail": f"request body over {limit} bytes"}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    # The rest of the upload is not read: tell the client not to reuse
-                    # the connection (servers close it anyway).
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+
+_REMEDIES = {"BATCH_MAX_BYTES": "split the batch into smaller ones"}
+
+
+def too_large(limit: int, setting: str) -> str:
+    """The 413's detail: the limit, the setting that holds it, and what to do."""
+    remedy = _REMEDIES.get(setting, "send fewer or smaller attachments")
+    return (
+        f"request body over {limit} bytes ({setting}): {remedy}; the service's operator "
+        f"can raise {setting}"
+    )
+
+
+async def _refuse(send: Send, detail: str) -> None:
+    # Serialised as Starlette's JSONResponse does, so this answer is byte for byte in
+    # the shape of every other error.
+    body = json.dumps(
+        {"detail": detail}, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                # The rest of the upload is not read: tell the client not to reuse
+                # the connection (servers close it anyway).
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class _BodyTooLarge(HTTPException):
     """Raised from `receive`; an HTTPException so that FastAPI's body reader lets it
     through instead of turning it into a 400, and the exception handler answers 413."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(status_code=413, detail=f"request body over {limit} bytes")
+    def __init__(self, detail: str) -> None:
+        super().__init__(status_code=413, detail=detail)

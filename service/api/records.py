@@ -36,7 +36,10 @@ __all__ = [
     "record_model",
 ]
 
-_NOT_FOUND = "no message with this id"
+_NOT_FOUND = (
+    "no message with this id: use the id a send answered, with the API key (or a key of "
+    "the same name) that sent it"
+)
 _CANCELLABLE = ("scheduled", "queued")
 
 

@@ -107,16 +107,22 @@ def reserve_slots(context: SendContext, count: int) -> None:
         services.metrics.rejected.labels("queue_full").inc()
         raise HTTPException(
             status_code=503,
-            detail="the queue is full; retry later",
+            detail=f"no room in the queue for {_messages(count)} (QUEUE_MAXSIZE): nothing "
+            "was stored; retry after the seconds in Retry-After",
             headers={"Retry-After": str(exc.retry_after)},
         ) from None
     except ShuttingDown:
         services.metrics.rejected.labels("shutting_down").inc()
         raise HTTPException(
             status_code=503,
-            detail="shutting down; retry later",
+            detail="this instance is shutting down: nothing was stored; retry after the "
+            "seconds in Retry-After",
             headers={"Retry-After": str(SHUTDOWN_RETRY_AFTER)},
         ) from None
+
+
+def _messages(count: int) -> str:
+    return "the message" if count == 1 else f"the batch's {count} messages"
 
 
 def new_message(

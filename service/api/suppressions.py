@@ -97,5 +97,7 @@ async def delete_suppression(
     outbox = services.outbox
     removed = await database_call(outbox, outbox.unsuppress, _address(address))
     if not removed:
-        raise HTTPException(status_code=404, detail="this address is not on the suppression list")
+        raise HTTPException(
+            status_code=404, detail="this address is not on the suppression list: nothing to remove"
+        )
     return Response(status_code=204)

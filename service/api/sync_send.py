@@ -62,7 +62,7 @@ def deliver_sync(services: Services, message_id: str, rendered: RenderedMessage)
         rejected = list(result.rejected)
     except DeliveryError as exc:
         error = exc
-        logger.warning("send failed: %s", exc.reply, extra={"message_id": rendered.message_id})
+        logger.warning("send failed: %s", exc, extra={"message_id": rendered.message_id})
     except Exception as exc:  # a bug, not a delivery failure: record it, answer 500
         logger.exception(
             "unexpected error while sending", extra={"message_id": rendered.message_id}
@@ -73,7 +73,8 @@ def deliver_sync(services: Services, message_id: str, rendered: RenderedMessage)
         id=message_id,
         status="sent" if error is None else "failed",
         message_id=rendered.message_id,
-        error=None if error is None else error.reply,
+        # With its code and recipient, as the record's last_error keeps it.
+        error=None if error is None else str(error),
         rejected=[rejected_model(item) for item in rejected],
     )
     code = 200 if error is None else 500

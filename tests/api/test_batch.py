@@ -162,7 +162,10 @@ def test_batch_body_limit_is_batch_max_bytes(
     over = {"messages": [item(n, body="x" * 500) for n in range(12)]}
     response = client.post("/send_batch", json=over, headers=AUTH)
     assert response.status_code == 413
-    assert response.json() == {"detail": "request body over 5000 bytes"}
+    assert response.json() == {
+        "detail": "request body over 5000 bytes (BATCH_MAX_BYTES): split the batch into "
+        "smaller ones; the service's operator can raise BATCH_MAX_BYTES"
+    }
 
 
 def test_batch_without_a_key_is_401_even_when_invalid(client: TestClient) -> None:

@@ -152,7 +152,10 @@ async def reading_app(scope: Any, receive: Any, send: Any) -> None:
 def test_middleware_answers_413_itself_when_the_app_reads_past_the_limit() -> None:
     sent = run_asgi(BodySizeLimit(reading_app, limit=10), [], [b"x" * 6, b"x" * 6])
     assert sent[0]["status"] == 413
-    assert json.loads(sent[1]["body"]) == {"detail": "request body over 10 bytes"}
+    assert json.loads(sent[1]["body"]) == {
+        "detail": "request body over 10 bytes (MAX_MESSAGE_BYTES): send fewer or smaller "
+        "attachments; the service's operator can raise MAX_MESSAGE_BYTES"
+    }
 
 
 def test_middleware_lets_a_body_at_the_limit_through() -> None:

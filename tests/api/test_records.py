@@ -53,7 +53,10 @@ def test_another_key_name_gets_404_for_read_list_and_cancel(named: TestClient) -
     made = named.post("/send_async", json=message(send_at=later(600)), headers=OLD).json()
     path = f"/messages/{made['id']}"
     assert named.get(path, headers=OTHER).status_code == 404
-    assert named.get(path, headers=OTHER).json() == {"detail": "no message with this id"}
+    assert named.get(path, headers=OTHER).json() == {
+        "detail": "no message with this id: use the id a send answered, with the API key "
+        "(or a key of the same name) that sent it"
+    }
     assert named.post(f"{path}/cancel", headers=OTHER).status_code == 404
     assert named.get("/messages", headers=OTHER).json() == {"messages": [], "next_cursor": None}
     assert named.get(path, headers=OLD).json()["status"] == "scheduled"  # untouched

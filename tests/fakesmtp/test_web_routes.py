@@ -66,10 +66,9 @@ def test_no_shipped_file_loads_anything_from_elsewhere() -> None:
 
 
 def test_every_file_of_the_page_is_in_the_package_data() -> None:
-    config = tomllib.loads((REPO / "pyproject.toml").read_text())
-    patterns = config["tool"]["setuptools"]["package-data"]["fakesmtp"]
-    package = HERE.parent
-    shipped = {p for pattern in patterns for p in package.glob(pattern)}
+    config = tomllib.loads((REPO / "fakesmtp" / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["fakesmtp.web"]
+    shipped = {p for pattern in patterns for p in HERE.glob(pattern)}
     assert {HERE / "index.html", *STATIC.iterdir()} <= shipped
 
 
