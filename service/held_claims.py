@@ -75,6 +75,14 @@ class HeldClaims:
             self._past_dot = False
             return self._current
 
+    def peek(self) -> ClaimedMessage | None:
+        """The message next() will return unless something intervenes (the Sender
+        may send its envelope ahead: nothing of it is committed by that)."""
+        with self._lock:
+            if self._closed or not self._waiting:
+                return None
+            return self._waiting[0]
+
     def after(self, accepted: Acceptance) -> None:
         """The relay took the current message: the next final dot waits until
         this is recorded."""

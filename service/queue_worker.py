@@ -4,8 +4,9 @@ A delivery thread takes one id from the WorkQueue (blocking, with a timeout so
 that stop() is noticed), then a few more that are already waiting, claims them
 in one statement under this instance's name (INSTANCE_ID) and sends each over
 its own persistent connection. Each relay 250 goes into the AcceptanceLog at
-once; the next message's envelope goes at once too, and its final dot only once
-that acceptance is recorded (HeldClaims; the thread writes it itself, with every
+once; the next message of the batch has its envelope sent already, with the
+previous final dot (Sender.send's `next_message`), and its own final dot goes
+only once that acceptance is recorded (HeldClaims; the thread writes it itself, with every
 other one waiting, if nobody has), so a crash re-sends at most one message per
 connection. The batch's outcomes are written in the transaction that claims
 the next batch. A temporary failure puts the message back in the
@@ -332,7 +333,13 @@ class MailQueueWorker:
         error: DeliveryError | None = None
         rejected = []
         try:
-            rejected = list(sender.send(message.rendered, held.before_dot).rejected)
+            following = held.peek()
+            result = sender.send(
+                message.rendered,
+                held.before_dot,
+                next_message=following.rendered if following is not None else None,
+            )
+            rejected = list(result.rejected)
         except LeaseRunningOut:
             raise
         except ClaimReleased:

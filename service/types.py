@@ -67,7 +67,11 @@ class Sender(Protocol):
     production, a test double in tests (httpx's transports are the model)."""
 
     def send(
-        self, message: RenderedMessage, before_dot: Callable[[], None] | None = None
+        self,
+        message: RenderedMessage,
+        before_dot: Callable[[], None] | None = None,
+        *,
+        next_message: RenderedMessage | None = None,
     ) -> SendResult:
         """One attempt. Raises DeliveryError; partial refusals are in the result.
 
@@ -76,6 +80,12 @@ class Sender(Protocol):
         which the message can still be abandoned without the relay keeping it. It
         may block, and may raise (ShuttingDown) to abandon the transaction: then
         the session is dropped and the exception passes through unchanged.
+
+        `next_message`, when given, is the message the caller means to send next on
+        this sender: its envelope may go in the same write as this message's final
+        dot (RFC 2920), which saves it a round trip. Nothing of it is committed by
+        that: its own final dot still waits for its own send() and `before_dot`,
+        and a sender asked next for another message drops what it sent ahead.
         """
         ...
 

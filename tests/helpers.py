@@ -49,9 +49,13 @@ class WrappingSender:
         self.inner = inner
 
     def send(
-        self, message: RenderedMessage, before_dot: Callable[[], None] | None = None
+        self,
+        message: RenderedMessage,
+        before_dot: Callable[[], None] | None = None,
+        *,
+        next_message: RenderedMessage | None = None,
     ) -> SendResult:
-        return self.inner.send(message, before_dot)
+        return self.inner.send(message, before_dot, next_message=next_message)
 
     def offers(self, extension: str) -> bool:
         return self.inner.offers(extension)
@@ -72,7 +76,11 @@ class FailingSender:
         self.text = text
 
     def send(
-        self, message: RenderedMessage, before_dot: Callable[[], None] | None = None
+        self,
+        message: RenderedMessage,
+        before_dot: Callable[[], None] | None = None,
+        *,
+        next_message: RenderedMessage | None = None,
     ) -> SendResult:
         raise RuntimeError(self.text)
 

@@ -132,7 +132,9 @@ def test_every_message_is_delivered_exactly_once(harness: Harness) -> None:
     for message in before:
         outbox.insert(message)  # a backlog from before the start
     worker.start()
-    assert worker.backlog == 30
+    # Counted from the database (test_backlog_bound_* pins that); a fast relay may
+    # have delivered a batch already.
+    assert worker.backlog <= 30
     after = [new_message(recipient=f"late{n}@example.com") for n in range(30)]
     for message in after:
         accept(worker, outbox, message)
@@ -492,12 +494,16 @@ class FlakySender(WrappingSender):
         self.calls = 0
 
     def send(
-        self, message: RenderedMessage, before_dot: Callable[[], None] | None = None
+        self,
+        message: RenderedMessage,
+        before_dot: Callable[[], None] | None = None,
+        *,
+        next_message: RenderedMessage | None = None,
     ) -> SendResult:
         self.calls += 1
         if self.calls == 1:
             raise RuntimeError("a bug in the sender")
-        return super().send(message, before_dot)
+        return super().send(message, before_dot, next_message=next_message)
 
 
 def test_an_unexpected_exception_is_a_temporary_failure_and_the_thread_lives_on(
@@ -552,10 +558,14 @@ class ClockSender(WrappingSender):
         self.clock, self.seconds = clock, seconds
 
     def send(
-        self, message: RenderedMessage, before_dot: Callable[[], None] | None = None
+        self,
+        message: RenderedMessage,
+        before_dot: Callable[[], None] | None = None,
+        *,
+        next_message: RenderedMessage | None = None,
     ) -> SendResult:
         self.clock.advance(self.seconds)
-        return super().send(message, before_dot)
+        return super().send(message, before_dot, next_message=next_message)
 
 
 def test_a_batch_hands_back_what_it_cannot_send_within_half_its_lease(
@@ -667,9 +677,14 @@ class DotWatchingSender(WrappingSender):
         self.ids = ids  # Message-ID -> our id
         self.sent: list[str] = []
         self.earlier_recorded: list[bool] = []
+        self.announced: list[str | None] = []  # the next message named with each send
 
     def send(
-        self, message: RenderedMessage, before_dot: Callable[[], None] | None = None
+        self,
+        message: RenderedMessage,
+        before_dot: Callable[[], None] | None = None,
+        *,
+        next_message: RenderedMessage | None = None,
     ) -> SendResult:
         def watch() -> None:
             assert before_dot is not None
@@ -677,7 +692,8 @@ class DotWatchingSender(WrappingSender):
             kinds = [[a["outcome"] for a in self.outbox.attempts(id_)] for id_ in self.sent]
             self.earlier_recorded.append(all(k == ["sent"] for k in kinds))
 
-        result = super().send(message, watch)
+        self.announced.append(self.ids[next_message.message_id] if next_message else None)
+        result = super().send(message, watch, next_message=next_message)
         self.sent.append(self.ids[message.message_id])
         return result
 
@@ -707,6 +723,8 @@ def test_each_acceptance_is_recorded_before_the_connection_sends_the_next_final_
     wait_until(lambda: worker.backlog == 0, what="backlog counted down")
     [sender] = senders
     assert sender.earlier_recorded == [True] * 6
+    # Within a batch each envelope went ahead with the previous final dot.
+    assert sender.announced == [*sender.sent[1:3], None, *sender.sent[4:6], None]
     assert outbox.calls["claim"] == 1
     assert outbox.calls["record_and_claim"] == 1
     assert [status(outbox, m.id) for m in messages] == [("sent", 1)] * 6
@@ -737,10 +755,14 @@ class GatedSender(WrappingSender):
         self.gate = gate
 
     def send(
-        self, message: RenderedMessage, before_dot: Callable[[], None] | None = None
+        self,
+        message: RenderedMessage,
+        before_dot: Callable[[], None] | None = None,
+        *,
+        next_message: RenderedMessage | None = None,
     ) -> SendResult:
         self.gate.wait(10)
-        return super().send(message, before_dot)
+        return super().send(message, before_dot, next_message=next_message)
 
 
 def count_due_queries(outbox: Outbox, monkeypatch: pytest.MonkeyPatch) -> list[int]:

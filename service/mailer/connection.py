@@ -48,7 +48,10 @@ class SMTPConnection:
     Where the relay offers PIPELINING (RFC 2920), MAIL, every RCPT and DATA go in
     one write and their replies are read in order (an RSET owed by a failed
     transaction goes first in the same write): two round trips per message, the
-    envelope's and the final dot's, instead of three plus one per recipient.
+    envelope's and the final dot's, instead of three plus one per recipient. When
+    the caller names the message it sends next, that message's envelope goes in
+    the final dot's write (a message's content may open a group, RFC 2920 3.1):
+    one round trip per message in a stream of them.
     """
 
     def __init__(
@@ -64,6 +67,8 @@ class SMTPConnection:
         self._smtp: BoundedSMTP | None = None
         self._messages = 0  # transactions on the current session
         self._rset_owed = False  # a failed transaction to clear, pipelined with the next
+        # The message whose envelope went with the last final dot, its replies unread.
+        self._ahead: RenderedMessage | None = None
         self._last_used = 0.0
         self.connections_opened = 0  # for tests and metrics
 
@@ -109,6 +114,7 @@ class SMTPConnection:
                 smtp.ehlo_or_helo_if_needed()
             if s.smtp_username is not None and s.smtp_password is not None:
                 smtp.login(s.smtp_username, s.smtp_password.get_secret_value())
+            smtp.nonblocking()
         except BaseException as exc:
             if smtp is not None:
                 smtp.close()
@@ -125,11 +131,17 @@ class SMTPConnection:
 
     def _drop(self) -> None:
         self._rset_owed = False
+        self._ahead = None
         if self._smtp is not None:
             self._smtp.close()
             self._smtp = None
 
     def _quit(self) -> None:
+        if self._ahead is not None:
+            # An envelope in flight: QUIT would be read as its body. Closing the
+            # socket without a final dot is what makes the relay discard it.
+            self._drop()
+            return
         self._rset_owed = False
         smtp, self._smtp = self._smtp, None
         if smtp is None:
@@ -172,13 +184,10 @@ class SMTPConnection:
         if rset_code != 250:
             self._drop()
 
-    def _transaction(
-        self,
-        smtp: BoundedSMTP,
-        message: RenderedMessage,
-        reused: bool,
-        before_dot: Callable[[], None] | None,
-    ) -> SendResult:
+    @staticmethod
+    def _options(smtp: BoundedSMTP, message: RenderedMessage) -> list[str]:
+        """MAIL's parameters for `message`; PermanentDeliveryError if the relay
+        cannot take it."""
         options: list[str] = []
         if message.smtputf8:
             if not smtp.has_extn("smtputf8"):
@@ -191,10 +200,45 @@ class SMTPConnection:
                 options.append("BODY=8BITMIME")
         if smtp.has_extn("size"):
             options.append(f"SIZE={len(message.data)}")
+        return options
 
+    @staticmethod
+    def _envelope(message: RenderedMessage, options: list[str], commands: list[str]) -> str:
+        """`commands`, then MAIL (with `options`) and every RCPT, one line each;
+        `commands` is extended with them."""
+        extra = "".join(f" {option}" for option in options)
+        commands.append(f"MAIL FROM:{_path(message.mail_from)}{extra}")
+        commands += [f"RCPT TO:{_path(rcpt)}" for rcpt in message.rcpt_tos]
+        return "".join(f"{command}\r\n" for command in commands)
+
+    def _envelope_ahead(self, smtp: BoundedSMTP, message: RenderedMessage) -> bytes:
+        """`message`'s envelope (MAIL, RCPTs, DATA) to go after a final dot, or b""
+        when it cannot go ahead: its own send() then says why."""
+        try:
+            options = self._options(smtp, message)
+        except PermanentDeliveryError:
+            return b""
+        commands: list[str] = []
+        batch = self._envelope(message, options, commands) + "DATA\r\n"
+        if batch.count("\n") != len(commands) + 1 or "\r" in batch.replace("\r\n", ""):
+            return b""
+        try:
+            return batch.encode("utf-8" if message.smtputf8 else "ascii")
+        except UnicodeEncodeError:
+            return b""
+
+    def _transaction(
+        self,
+        smtp: BoundedSMTP,
+        message: RenderedMessage,
+        reused: bool,
+        before_dot: Callable[[], None] | None,
+        next_message: RenderedMessage | None,
+    ) -> SendResult:
+        options = self._options(smtp, message)
         self._messages += 1
         if smtp.has_extn("pipelining"):
-            return self._pipelined(smtp, message, options, reused, before_dot)
+            return self._pipelined(smtp, message, options, reused, before_dot, next_message)
         try:
             code, reply = smtp.mail(message.mail_from, options)
         except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
@@ -244,22 +288,27 @@ class SMTPConnection:
         options: list[str],
         reused: bool,
         before_dot: Callable[[], None] | None,
+        next_message: RenderedMessage | None,
     ) -> SendResult:
         """The transaction in two round trips (RFC 2920): MAIL, RCPTs and DATA in one
-        write, replies matched in order; then the body and its final dot. Where the
-        relay offers CHUNKING (RFC 3030) too, one round trip: MAIL, RCPTs and
-        `BDAT size LAST` with the whole message in one write."""
+        write, replies matched in order; then the body and its final dot, with the
+        next message's envelope when there is one (one round trip per message in a
+        stream). Where the relay offers CHUNKING (RFC 3030) too, one round trip:
+        MAIL, RCPTs and `BDAT size LAST` with the whole message in one write."""
         chunking = smtp.has_extn("chunking")
-        commands = ["RSET"] if self._rset_owed else []
-        extra = "".join(f" {option}" for option in options)
-        commands.append(f"MAIL FROM:{_path(message.mail_from)}{extra}")
-        commands += [f"RCPT TO:{_path(rcpt)}" for rcpt in message.rcpt_tos]
-        if not chunking:
-            commands.append("DATA")
-        batch = "".join(f"{command}\r\n" for command in commands)
-        if batch.count("\n") != len(commands) or "\r" in batch.replace("\r\n", ""):
-            raise PermanentDeliveryError("an envelope address contains a line break")
-        smtp.command_encoding = "utf-8" if message.smtputf8 else "ascii"
+        # Sent ahead: this envelope went with the previous message's final dot, which
+        # the relay took (else the session was dropped); its replies come next.
+        ahead, self._ahead = self._ahead is message, None
+        batch = ""  # nothing to write for an envelope sent ahead (never with CHUNKING)
+        if not ahead:
+            commands = ["RSET"] if self._rset_owed else []
+            batch = self._envelope(message, options, commands)
+            if not chunking:
+                batch += "DATA\r\n"
+                commands.append("DATA")
+            if batch.count("\n") != len(commands) or "\r" in batch.replace("\r\n", ""):
+                raise PermanentDeliveryError("an envelope address contains a line break")
+            smtp.command_encoding = "utf-8" if message.smtputf8 else "ascii"
         payload: str | bytes = batch
         if chunking:
             # BDAT carries the message as it is (no dot-stuffing, no final dot); the
@@ -269,7 +318,8 @@ class SMTPConnection:
             if before_dot is not None:
                 before_dot()
         try:
-            smtp.send(payload)
+            if payload:
+                smtp.send(payload)
             first = smtp.getreply()
         except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
             # Nothing of this message was taken: a session the server dropped while
@@ -325,23 +375,46 @@ class SMTPConnection:
         if data_code != 354:
             self._after_failure(smtp, data_code)
             raise classify(smtplib.SMTPDataError(data_code, data_reply))
-        code, reply = smtp.send_body(message.data, before_dot)
+        then = b""
+        if (
+            next_message is not None
+            and self._messages < self._settings.smtp_max_messages_per_connection
+        ):
+            then = self._envelope_ahead(smtp, next_message)
+        code, reply = smtp.send_body(message.data, before_dot, then)
+        if then:
+            if code == 250:
+                self._ahead = next_message
+            else:
+                # The next envelope is in flight behind a refusal, and no RSET can go
+                # before it now: the next message starts on a fresh session.
+                self._drop()
         if code != 250:
             self._after_failure(smtp, code)
             raise classify(smtplib.SMTPDataError(code, reply))
         return SendResult(rejected=rejected)
 
     def send(
-        self, message: RenderedMessage, before_dot: Callable[[], None] | None = None
+        self,
+        message: RenderedMessage,
+        before_dot: Callable[[], None] | None = None,
+        *,
+        next_message: RenderedMessage | None = None,
     ) -> SendResult:
         """One attempt. Raises DeliveryError (classified). Partial recipient refusals
-        are returned in SendResult.rejected; all refused raises. `before_dot`: see
-        service.types.Sender.send."""
+        are returned in SendResult.rejected; all refused raises. `before_dot`,
+        `next_message`: see service.types.Sender.send."""
+        if self._ahead is not None and self._ahead is not message:
+            # The envelope sent ahead was for a message the caller did not send
+            # after all (handed back, or its lease ran short): start clean.
+            self._drop()
         retried = False
         while True:
             smtp, reused = self._session()
             try:
-                result = self._transaction(smtp, message, reused and not retried, before_dot)
+                result = self._transaction(
+                    smtp, message, reused and not retried, before_dot, next_message
+                )
             except _StaleConnection:
                 self._drop()
                 log.debug("SMTP session went stale while idle; reconnecting")

@@ -40,9 +40,14 @@ class ConnectionPool:
         sender.close()
 
     def send(
-        self, message: RenderedMessage, before_dot: Callable[[], None] | None = None
+        self,
+        message: RenderedMessage,
+        before_dot: Callable[[], None] | None = None,
+        *,
+        next_message: RenderedMessage | None = None,
     ) -> SendResult:
-        """Borrow a sender, send one attempt, give it back (or drop it on error)."""
+        """Borrow a sender, send one attempt, give it back (or drop it on error).
+        `next_message` is ignored: the next send may borrow another sender."""
         sender = self._borrow()
         try:
             result = sender.send(message, before_dot)

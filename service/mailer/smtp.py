@@ -5,7 +5,9 @@ second would never trip it."""
 from __future__ import annotations
 
 import functools
+import math
 import re
+import select
 import smtplib
 import socket
 import ssl
@@ -30,6 +32,9 @@ _MAX_REPLY_LINES = 200
 # byte a second cannot hold a thread for ever.
 _MIN_SEND_RATE = 256 * 1024
 _LEADING_DOT = re.compile(rb"(?m)^\.")
+# What a non-blocking socket raises when it has to wait, and for what: plain sockets
+# raise BlockingIOError; a TLS socket may need to read to write and the reverse.
+_WANTS_READ = (BlockingIOError, ssl.SSLWantReadError)
 
 
 class BoundedSMTP(smtplib.SMTP):
@@ -41,7 +46,61 @@ class BoundedSMTP(smtplib.SMTP):
 
     def __init__(self, host: str, port: int, *, timeout: float, **kwargs: Any) -> None:
         self._rbuf = bytearray()
+        self._poll: select.poll | None = None  # set by nonblocking()
+        self._fd = -1
+        self._events = 0
         super().__init__(host, port, timeout=timeout, **kwargs)
+
+    def nonblocking(self) -> None:
+        """Switch the open session's socket to non-blocking I/O, once EHLO, STARTTLS
+        and AUTH are done (the TLS handshake needs a blocking socket). From here each
+        send and recv is tried at once and waits in poll() only when it would block,
+        under the same deadlines: a socket with a timeout costs an ioctl (settimeout)
+        and a poll() before every send and recv, each a release of the GIL, which
+        the delivery threads then queue to take back."""
+        sock = self.sock
+        if sock is None or self._poll is not None:
+            return
+        sock.setblocking(False)
+        self._fd = sock.fileno()
+        self._events = select.POLLIN
+        self._poll = select.poll()
+        self._poll.register(self._fd, self._events)
+
+    def _wait(self, events: int, deadline: float) -> bool:
+        """Poll the non-blocking socket for `events` until `deadline`; False if it passed."""
+        poll = self._poll
+        assert poll is not None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        if events != self._events:
+            poll.modify(self._fd, events)
+            self._events = events
+        poll.poll(math.ceil(remaining * 1000))
+        return True
+
+    def _recv(self, sock: socket.socket, deadline: float) -> bytes:
+        """One recv() of what has arrived, waiting until `deadline` at most."""
+        if self._poll is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            sock.settimeout(remaining)
+            return sock.recv(8192)
+        # A plain socket waits first: a reply is seldom there the moment it is
+        # asked for, and a recv() that would block costs a system call and an
+        # exception. A TLS socket may hold decrypted bytes that poll() cannot see.
+        events = 0 if isinstance(sock, ssl.SSLSocket) else select.POLLIN
+        while True:
+            if events and not self._wait(events, deadline):
+                raise TimeoutError
+            try:
+                return sock.recv(8192)
+            except _WANTS_READ:
+                events = select.POLLIN
+            except ssl.SSLWantWriteError:
+                events = select.POLLOUT
 
     def _readline(self, deadline: float) -> bytes:
         buf = self._rbuf
@@ -54,16 +113,11 @@ class BoundedSMTP(smtplib.SMTP):
             if len(buf) > _MAXLINE:
                 self.close()
                 raise SMTPProtocolError(f"reply line longer than {_MAXLINE} bytes")
-            remaining = deadline - time.monotonic()
             sock = self.sock
             if sock is None:
                 raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
-            if remaining <= 0:
-                self.close()
-                raise TimeoutError(f"no complete SMTP reply within {self.timeout:g}s")
             try:
-                sock.settimeout(remaining)
-                chunk = sock.recv(8192)
+                chunk = self._recv(sock, deadline)
             except TimeoutError:
                 self.close()
                 raise TimeoutError(f"no complete SMTP reply within {self.timeout:g}s") from None
@@ -107,9 +161,22 @@ class BoundedSMTP(smtplib.SMTP):
         deadline = time.monotonic() + budget
         try:
             while view:
+                if self._poll is not None:
+                    try:
+                        sent = sock.send(view)
+                    except ssl.SSLWantReadError:
+                        events = select.POLLIN
+                    except (BlockingIOError, ssl.SSLWantWriteError):
+                        events = select.POLLOUT
+                    else:
+                        view = view[sent:]
+                        continue
+                    if self._wait(events, deadline):
+                        continue
+                    raise TimeoutError
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TimeoutError(f"could not send {len(s)} bytes within {budget:g}s")
+                    raise TimeoutError
                 sock.settimeout(remaining)
                 sent = sock.send(view)
                 view = view[sent:]
@@ -131,13 +198,14 @@ class BoundedSMTP(smtplib.SMTP):
         return self.send_body(msg, before_dot)
 
     def send_body(
-        self, msg: bytes, before_dot: Callable[[], None] | None = None
+        self, msg: bytes, before_dot: Callable[[], None] | None = None, then: bytes = b""
     ) -> tuple[int, bytes]:
         """After a 354: the body, dot-stuffed, its final dot, and the relay's reply.
 
         `before_dot` is called first; if it raises, the socket is closed with the
         body unsent: a relay discards a transaction whose final dot never came
-        (RFC 5321 4.1.1.4).
+        (RFC 5321 4.1.1.4). `then` (pipelined commands) goes in the same write,
+        after the dot; their replies are left unread.
         """
         if before_dot is not None:
             try:
@@ -148,7 +216,7 @@ class BoundedSMTP(smtplib.SMTP):
         body = _LEADING_DOT.sub(b"..", msg)  # dot-stuffing, as smtplib's data() does
         if not body.endswith(b"\r\n"):
             body += b"\r\n"
-        self.send(body + b".\r\n")
+        self.send(body + b".\r\n" + then)
         return self.getreply()
 
     def starttls(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
@@ -160,6 +228,7 @@ class BoundedSMTP(smtplib.SMTP):
 
     def close(self) -> None:
         self._rbuf.clear()
+        self._poll = None
         super().close()
 
 

@@ -185,3 +185,74 @@ def test_the_gate_runs_before_the_one_write_and_a_refusal_sends_nothing(
         assert len(writes) == 1  # nothing of the refused one went
         connection.send(message(["a@example.com"]))
     assert len(server.wait_for(2)) == 2
+
+
+def test_the_next_envelope_goes_with_the_final_dot_one_write_a_message(
+    fakesmtp_factory: FakeSMTPFactory, writes: list[bytes]
+) -> None:
+    server = fakesmtp_factory(pipelining=True, chunking=False)
+    first, second, third = (message([f"r{n}@example.com"]) for n in range(3))
+    with opened(server, writes) as connection:
+        connection.send(first, next_message=second)
+        envelope, body = writes
+        assert envelope.endswith(b"RCPT TO:<r0@example.com>\r\nDATA\r\n")
+        assert body.startswith(first.data[:20])
+        assert body.endswith(
+            b"\r\n.\r\nMAIL FROM:<sender@example.com>\r\nRCPT TO:<r1@example.com>\r\nDATA\r\n"
+        )
+        connection.send(second, next_message=third)
+        assert len(writes) == 3  # its envelope went already: one write, the body's
+        connection.send(third)
+        assert len(writes) == 4
+        assert not writes[-1].endswith(b"DATA\r\n")  # nothing announced, nothing ahead
+    delivered = sorted(m.rcpt_tos for m in server.wait_for(3))
+    assert delivered == [[f"r{n}@example.com"] for n in range(3)]
+
+
+def test_an_envelope_sent_ahead_for_a_message_not_sent_is_dropped_with_its_session(
+    fakesmtp_factory: FakeSMTPFactory, writes: list[bytes]
+) -> None:
+    """The relay discards a transaction whose final dot never came: the message
+    announced but handed back is not delivered, the one sent instead is."""
+    server = fakesmtp_factory(pipelining=True, chunking=False)
+    announced, other = message(["announced@example.com"]), message(["other@example.com"])
+    with opened(server, writes) as connection:
+        connection.send(message(["a@example.com"]), next_message=announced)
+        connection.send(other)
+        assert connection.connections_opened == 2
+    delivered = sorted(m.rcpt_tos for m in server.wait_for(2))
+    assert delivered == [["a@example.com"], ["other@example.com"]]
+
+
+def test_a_refused_dot_with_an_envelope_sent_ahead_starts_the_next_afresh(
+    fakesmtp_factory: FakeSMTPFactory, writes: list[bytes]
+) -> None:
+    server = fakesmtp_factory(pipelining=True, chunking=False)
+    server.add_fault(FaultRule(stage="message", code=552, message="5.3.4 too big", times=1))
+    following = message(["next@example.com"])
+    with opened(server, writes) as connection:
+        with pytest.raises(PermanentDeliveryError, match=r"5\.3\.4 too big"):
+            connection.send(message(["a@example.com"]), next_message=following)
+        connection.send(following)
+        assert connection.connections_opened == 2
+    assert [m.rcpt_tos for m in server.wait_for(1)] == [["next@example.com"]]
+
+
+def test_the_gate_of_a_message_sent_ahead_still_comes_after_its_354(
+    fakesmtp_factory: FakeSMTPFactory, writes: list[bytes]
+) -> None:
+    """A gate that refuses leaves the relay without the final dot: nothing kept."""
+    server = fakesmtp_factory(pipelining=True, chunking=False)
+    following = message(["next@example.com"])
+
+    def refuse() -> None:
+        raise ClaimReleased("taken back")
+
+    with opened(server, writes) as connection:
+        connection.send(message(["a@example.com"]), next_message=following)
+        with pytest.raises(ClaimReleased, match="taken back"):
+            connection.send(following, refuse)
+        assert len(writes) == 2  # the first message's two; nothing of the refused one
+        assert not connection.is_open
+        connection.send(message(["b@example.com"]))
+    assert sorted(m.rcpt_tos for m in server.wait_for(2)) == [["a@example.com"], ["b@example.com"]]
