@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from fakesmtp import FakeSMTPServer
+from fakesmtp.capture import CapturedMessage
 from tests.e2e.helpers import ServiceProcess, free_port, python_m, wait_for_health
 from tests.helpers import wait_until
 from tests.webhooks.helpers import SECRET, WebhookReceiver
@@ -22,8 +23,12 @@ pytestmark = pytest.mark.e2e
 RETRY_MAX = 2.0
 
 
+CONNECTIONS = 4
+
+
 def hooks_env(database: str, smtp_port: int, receiver: WebhookReceiver) -> dict[str, str]:
     return {
+        "WORKER_CONCURRENCY": str(CONNECTIONS),
         "DATABASE_URL": database,
         "SMTP_HOST": "127.0.0.1",
         "SMTP_PORT": str(smtp_port),
@@ -91,6 +96,17 @@ def test_a_bounce_from_fakesmtp_becomes_bounced_signed_events_and_a_suppression(
         fake_log.close()
 
 
+def wait_delivered(smtp: FakeSMTPServer, recipients: set[str]) -> None:
+    """Until every one of ``recipients`` has a message at the relay (some may have two)."""
+    seen: set[str] = set()
+
+    def covers(message: CapturedMessage) -> bool:
+        seen.update(message.rcpt_tos)
+        return seen >= recipients
+
+    smtp.wait_for(covers, timeout=30)
+
+
 def test_a_receiver_down_for_the_whole_run_gets_every_event_once_back_across_a_sigkill(
     database: str, service_factory: type[ServiceProcess]
 ) -> None:
@@ -106,7 +122,7 @@ def test_a_receiver_down_for_the_whole_run_gets_every_event_once_back_across_a_s
                 ).json()["id"]
                 for n in range(50)
             ]
-        assert len(smtp.wait_for_count(50, timeout=30)) == 50  # delivered
+        wait_delivered(smtp, {f"r{n}@example.com" for n in range(50)})
         first.kill()
         second = service_factory(env, port=first.port)
         second.start()
@@ -117,7 +133,10 @@ def test_a_receiver_down_for_the_whole_run_gets_every_event_once_back_across_a_s
                 ).json()["id"]
                 for n in range(50)
             ]
-            assert len(smtp.wait_for_count(100, timeout=30)) == 100  # delivered
+            wait_delivered(smtp, {f"{p}{n}@example.com" for p in "rs" for n in range(50)})
+            # A message the relay took just before the SIGKILL, its acceptance not yet
+            # written, is sent again after the restart: at most one per connection.
+            assert len(smtp.messages()) - 100 <= CONNECTIONS
             receiver.up()
             back = time.monotonic()
             # Within WEBHOOK_RETRY_MAX of its coming back (plus the time to send 100).
