@@ -29,9 +29,9 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 
-from fakesmtp import CapturedMessage, FakeSMTPServer, FaultRule
+from fakesmtp import FakeSMTPServer, FaultRule
 from service.db.schema import messages_table
-from tests.e2e.helpers import API_KEY, ServiceProcess, free_port, statuses
+from tests.e2e.helpers import API_KEY, ServiceProcess, free_port, statuses, still_missing
 
 __all__ = ["ChaosResult", "run_chaos"]
 
@@ -161,19 +161,9 @@ def wait_arrived(
     smtp: FakeSMTPServer, message_ids: set[str], timeout: float, database: str
 ) -> float:
     started = time.monotonic()
-    missing = set(message_ids)
-
-    def the_last_one(message: CapturedMessage) -> bool:
-        missing.discard(message.message_id or "")
-        return not missing
-
+    missing = still_missing(smtp, message_ids, lambda m: [m.message_id or ""], timeout)
     if missing:
-        try:
-            smtp.wait_for(the_last_one, timeout=timeout)
-        except TimeoutError:
-            raise AssertionError(
-                f"{len(missing)} never arrived: {rows_of(database, missing)}"
-            ) from None
+        raise AssertionError(f"{len(missing)} never arrived: {rows_of(database, missing)}")
     return time.monotonic() - started
 
 

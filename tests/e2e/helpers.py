@@ -4,16 +4,20 @@ and `python -m service` on a free port, waited for until it answers /health."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import httpx
 import sqlalchemy as sa
+
+from fakesmtp import CapturedMessage, FakeSMTPServer
 
 API_KEY = "e2e-key-0123456789"
 
@@ -109,3 +113,24 @@ def statuses(database: str) -> collections.Counter[str]:
             return collections.Counter({status: int(count) for status, count in rows})
     finally:
         engine.dispose()
+
+
+def still_missing(
+    smtp: FakeSMTPServer,
+    wanted: set[str],
+    keys: Callable[[CapturedMessage], Iterable[str]],
+    timeout: float,
+) -> set[str]:
+    """Wait on the relay's event stream until each of ``wanted`` is one of ``keys(m)``
+    for some captured message m (a Message-ID, a recipient); what never came within
+    ``timeout``, or an empty set. No polling: a message is seen as it is stored."""
+    missing = set(wanted)
+
+    def the_last_one(message: CapturedMessage) -> bool:
+        missing.difference_update(keys(message))
+        return not missing
+
+    if missing:
+        with contextlib.suppress(TimeoutError):
+            smtp.wait_for(the_last_one, timeout=timeout)
+    return missing

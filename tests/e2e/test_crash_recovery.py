@@ -15,8 +15,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fakesmtp import CapturedMessage, FakeSMTPServer, FaultRule
-from tests.e2e.helpers import API_KEY, ServiceProcess, free_port, python_m, statuses
+from fakesmtp import FakeSMTPServer, FaultRule
+from tests.e2e.helpers import (
+    API_KEY,
+    ServiceProcess,
+    free_port,
+    python_m,
+    statuses,
+    still_missing,
+)
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -68,17 +75,8 @@ def wait_connections(smtp: FakeSMTPServer, at_least: int, timeout: float = 15.0)
 def wait_delivered(smtp: FakeSMTPServer, message_ids: set[str], timeout: float) -> float:
     """Seconds until every one of `message_ids` arrived (fails after `timeout`)."""
     started = time.monotonic()
-    missing = set(message_ids)
-
-    def the_last_one(message: CapturedMessage) -> bool:
-        missing.discard(message.message_id or "")
-        return not missing
-
-    if missing:
-        try:
-            smtp.wait_for(the_last_one, timeout=timeout)
-        except TimeoutError:
-            raise AssertionError(f"missing {len(missing)}") from None
+    missing = still_missing(smtp, message_ids, lambda m: [m.message_id or ""], timeout)
+    assert not missing, f"missing {len(missing)}"
     return time.monotonic() - started
 
 

@@ -22,9 +22,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from fakesmtp import CapturedMessage, FakeSMTPServer
+from fakesmtp import FakeSMTPServer
 from tests.db.helpers import restart_postgres, wait_for_postgres
-from tests.e2e.helpers import API_KEY, ServiceProcess, statuses
+from tests.e2e.helpers import API_KEY, ServiceProcess, statuses, still_missing
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -164,17 +164,9 @@ def make_traffic() -> Iterator[Callable[[Sequence[ServiceProcess]], Traffic]]:
 
 def wait_delivered(smtp: FakeSMTPServer, expected: set[str], timeout: float) -> list[str]:
     """Wait until every expected Message-ID arrived; return every Message-ID captured."""
-    missing = set(expected)
-
-    def the_last_one(message: CapturedMessage) -> bool:
-        missing.discard(_bare(message.message_id or ""))
-        return not missing
-
+    missing = still_missing(smtp, expected, lambda m: [_bare(m.message_id or "")], timeout)
     if missing:
-        try:
-            smtp.wait_for(the_last_one, timeout=timeout)
-        except TimeoutError:
-            pytest.fail(f"{len(missing)} of {len(expected)} accepted messages never arrived")
+        pytest.fail(f"{len(missing)} of {len(expected)} accepted messages never arrived")
     return [_bare(m.message_id or "") for m in smtp.messages()]
 
 

@@ -13,8 +13,7 @@ import httpx
 import pytest
 
 from fakesmtp import FakeSMTPServer
-from fakesmtp.capture import CapturedMessage
-from tests.e2e.helpers import ServiceProcess, free_port, python_m, wait_for_health
+from tests.e2e.helpers import ServiceProcess, free_port, python_m, still_missing, wait_for_health
 from tests.helpers import wait_until
 from tests.webhooks.helpers import SECRET, WebhookReceiver
 
@@ -98,13 +97,8 @@ def test_a_bounce_from_fakesmtp_becomes_bounced_signed_events_and_a_suppression(
 
 def wait_delivered(smtp: FakeSMTPServer, recipients: set[str]) -> None:
     """Until every one of ``recipients`` has a message at the relay (some may have two)."""
-    seen: set[str] = set()
-
-    def covers(message: CapturedMessage) -> bool:
-        seen.update(message.rcpt_tos)
-        return seen >= recipients
-
-    smtp.wait_for(covers, timeout=30)
+    missing = still_missing(smtp, recipients, lambda m: m.rcpt_tos, timeout=30)
+    assert not missing, f"never delivered: {sorted(missing)}"
 
 
 def test_a_receiver_down_for_the_whole_run_gets_every_event_once_back_across_a_sigkill(

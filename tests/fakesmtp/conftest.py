@@ -7,5 +7,6 @@ The plugin's fixtures are imported here as well as registered through the
 from __future__ import annotations
 
 from fakesmtp.pytest_plugin import fakesmtp, fakesmtp_factory
+from tests.fakesmtp.fixtures import http, server
 
-__all__ = ["fakesmtp", "fakesmtp_factory"]
+__all__ = ["fakesmtp", "fakesmtp_factory", "http", "server"]

@@ -16,16 +16,9 @@ import pytest
 
 from fakesmtp import FakeSMTPServer
 from fakesmtp.client import FakeSMTPClient, MessageSummary
-from fakesmtp.pytest_plugin import FakeSMTPFactory
 from tests.fakesmtp.helpers import make_message, send_message
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def server(fakesmtp_factory: FakeSMTPFactory) -> FakeSMTPServer:
-    result: FakeSMTPServer = fakesmtp_factory(http_port=0)
-    return result
 
 
 @pytest.fixture

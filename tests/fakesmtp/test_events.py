@@ -24,19 +24,6 @@ pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
-def server(fakesmtp_factory: FakeSMTPFactory) -> FakeSMTPServer:
-    result: FakeSMTPServer = fakesmtp_factory(http_port=0)
-    return result
-
-
-@pytest.fixture
-def http(server: FakeSMTPServer) -> Iterator[httpx.Client]:
-    assert server.http_url is not None
-    with httpx.Client(base_url=server.http_url, timeout=5) as client:
-        yield client
-
-
-@pytest.fixture
 def events(http: httpx.Client) -> Iterator[Iterator[Event]]:
     """An open GET /api/events, past its `ready` event."""
     with http.stream("GET", "/api/events") as response:

@@ -3,29 +3,14 @@
 from __future__ import annotations
 
 import smtplib
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from fakesmtp import FakeSMTPServer
-from fakesmtp.pytest_plugin import FakeSMTPFactory
 from tests.fakesmtp.helpers import make_message
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture
-def server(fakesmtp_factory: FakeSMTPFactory) -> FakeSMTPServer:
-    result: FakeSMTPServer = fakesmtp_factory(http_port=0)
-    return result
-
-
-@pytest.fixture
-def http(server: FakeSMTPServer) -> Iterator[httpx.Client]:
-    assert server.http_url is not None
-    with httpx.Client(base_url=server.http_url, timeout=5) as client:
-        yield client
 
 
 def send(server: FakeSMTPServer, *subjects: str) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import smtplib
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -18,7 +17,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fakesmtp import FakeSMTPServer
-from fakesmtp.pytest_plugin import FakeSMTPFactory
 
 pytestmark = pytest.mark.unit
 
@@ -85,19 +83,6 @@ def plain(subject: str, *, body: str = "plain body", to: str = "rcpt@example.com
         f"From: Sender <sender@example.com>\r\nTo: {to}\r\nSubject: {subject}\r\n"
         f"Message-ID: <{subject.replace(' ', '-')}@example.com>\r\n\r\n{body}\r\n"
     ).encode()
-
-
-@pytest.fixture
-def server(fakesmtp_factory: FakeSMTPFactory) -> FakeSMTPServer:
-    result: FakeSMTPServer = fakesmtp_factory(http_port=0)
-    return result
-
-
-@pytest.fixture
-def http(server: FakeSMTPServer) -> Iterator[httpx.Client]:
-    assert server.http_url is not None
-    with httpx.Client(base_url=server.http_url, timeout=5) as client:
-        yield client
 
 
 def send(server: FakeSMTPServer, *messages: bytes, rcpts: list[str] | None = None) -> None:

@@ -22,7 +22,6 @@ import pytest
 from playwright.sync_api import Frame, Page, expect
 
 from fakesmtp import FakeSMTPServer
-from fakesmtp.pytest_plugin import FakeSMTPFactory
 
 pytestmark = pytest.mark.browser
 
@@ -88,12 +87,6 @@ class RemoteImages:
 def remote() -> Iterator[RemoteImages]:
     with RemoteImages() as server:
         yield server
-
-
-@pytest.fixture
-def server(fakesmtp_factory: FakeSMTPFactory) -> FakeSMTPServer:
-    result: FakeSMTPServer = fakesmtp_factory(http_port=0)
-    return result
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import smtplib
 import tomllib
-from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -14,24 +13,11 @@ import httpx
 import pytest
 
 from fakesmtp import FakeSMTPServer
-from fakesmtp.pytest_plugin import FakeSMTPFactory
 from fakesmtp.web import HERE, STATIC
 
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def server(fakesmtp_factory: FakeSMTPFactory) -> FakeSMTPServer:
-    result: FakeSMTPServer = fakesmtp_factory(http_port=0)
-    return result
-
-
-@pytest.fixture
-def http(server: FakeSMTPServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=str(server.http_url), timeout=5) as client:
-        yield client
 
 
 def csp(response: httpx.Response) -> dict[str, str]:
