@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -41,3 +42,26 @@ def test_ids_made_in_one_millisecond_increase_and_stay_uuid7(
     assert made == sorted(made)
     assert len(set(made)) == 200
     assert all(uuid.UUID(value).version == 7 for value in made)
+
+
+def test_ids_across_many_reads_of_the_kernel_generator_are_all_different() -> None:
+    made = {ids.new_id() for _ in range(3 * ids._RANDOM_BYTES_PER_READ // 10 + 7)}
+    assert len(made) == 3 * ids._RANDOM_BYTES_PER_READ // 10 + 7
+
+
+def test_a_forked_child_does_not_make_its_parents_next_ids() -> None:
+    """The random bytes are read ahead; a child must not reuse the parent's."""
+    ids.new_id()  # the parent holds bytes read ahead
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's coverage is not collected
+        os.close(read)
+        os.write(write, ids.new_id()[13:].encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    parent = ids.new_id()[13:]  # past the time and version: the random part
+    assert len(child) == 19
+    assert child != parent
