@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from service.api import accept, batch, records, suppressions
 from service.api.deps import IdempotencyKeyDep, SendContextDep, ServicesDep
 from service.api.offload import database_call, run_in_daemon_thread
+from service.api.send_route import SendRoute
 from service.api.send_steps import accept_request, after_failed_insert, new_message, reserve_slots
 from service.api.sync_send import deliver_sync
 from service.ids import new_id
@@ -140,18 +141,20 @@ def add_routes(app: FastAPI, *, metrics: bool) -> None:
     app.add_api_route(
         "/health", health, methods=["GET"], response_model=HealthResponse, tags=["service"]
     )
-    app.add_api_route(
+    app.router.add_api_route(
         "/send_async",
         send_async,
+        route_class_override=SendRoute,
         methods=["POST"],
         status_code=202,
         response_model=SendResponse,
         responses=SEND_RESPONSES,
         tags=["mail"],
     )
-    app.add_api_route(
+    app.router.add_api_route(
         "/send",
         send,
+        route_class_override=SendRoute,
         methods=["POST"],
         response_model=SendResponse,
         responses={
@@ -161,9 +164,10 @@ def add_routes(app: FastAPI, *, metrics: bool) -> None:
         },
         tags=["mail"],
     )
-    app.add_api_route(
+    app.router.add_api_route(
         "/send_batch",
         batch.send_batch,
+        route_class_override=SendRoute,
         methods=["POST"],
         status_code=202,
         response_model=BatchResponse,
