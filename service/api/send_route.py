@@ -16,7 +16,7 @@ error shapes:
 3. the Idempotency-Key header and then the body are validated, their errors
    reported together in one 422, the header's first.
 
-Validation is pydantic's, through the same type adapters FastAPI would build, so
+Validation is pydantic's, called as FastAPI calls it (errors prefixed by their place), so
 an error reads exactly as it does from FastAPI; tests/api/test_send_route.py holds
 the two handlers to the same answers. What this handler does not do is open
 FastAPI's native telemetry spans for "dependencies" and "endpoint": the request's

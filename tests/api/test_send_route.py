@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -46,11 +47,14 @@ def pair(
     reference = make_client(
         make_settings(database_url=f"sqlite:///{tmp_path / 'reference.db'}", batch_max_bytes=4096)
     )
-    served = {r.path: type(r) for r in service.app.routes if getattr(r, "path", "") in PATHS}  # type: ignore[attr-defined]
-    assert served == dict.fromkeys(PATHS, SendRoute)
-    referenced = {r.path: type(r) for r in reference.app.routes if getattr(r, "path", "") in PATHS}  # type: ignore[attr-defined]
-    assert referenced == dict.fromkeys(PATHS, APIRoute)
+    assert route_classes(service) == dict.fromkeys(PATHS, SendRoute)
+    assert route_classes(reference) == dict.fromkeys(PATHS, APIRoute)
     return service, reference
+
+
+def route_classes(client: TestClient) -> dict[str, type]:
+    app = cast(FastAPI, client.app)
+    return {r.path: type(r) for r in app.routes if isinstance(r, APIRoute) and r.path in PATHS}
 
 
 def answer(client: TestClient, path: str, content: bytes | None, headers: dict[str, str]) -> Any:
