@@ -460,6 +460,7 @@ class MailQueueWorker:
                 if now - last_purge >= self.purge_interval:
                     last_purge = now
                     self._purge()
+                self._outbox.checkpoint()
             except DatabaseUnavailable as exc:
                 # Expected while the database restarts: no traceback, try again next poll.
                 log.warning("scheduler pass skipped, database unavailable: %s", exc)

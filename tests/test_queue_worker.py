@@ -744,6 +744,23 @@ def test_scheduler_purges_old_keys_and_bodies(harness: Harness, clock: FakeClock
     assert outbox.find_idempotent("fp:key") is None
 
 
+def test_scheduler_checkpoints_the_sqlite_wal_every_poll(harness: Harness) -> None:
+    """The delivery threads' and requests' commits leave the WAL to the scheduler
+    (db/engine.py: SQLITE_AUTOCHECKPOINT_PAGES)."""
+    worker, outbox = harness.worker()
+    checkpoints = threading.Semaphore(0)
+    checkpoint = outbox.checkpoint
+
+    def counted() -> None:
+        checkpoint()
+        checkpoints.release()
+
+    outbox.checkpoint = counted  # type: ignore[method-assign]
+    worker.start()
+    for _ in range(3):
+        assert checkpoints.acquire(timeout=5), "the scheduler did not checkpoint"
+
+
 # -- the scheduler's due query ------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ module to its callers.
 from __future__ import annotations
 
 from service.db.delivery import INTERRUPTED_SYNC_ERROR
-from service.db.engine import SQLITE_BUSY_TIMEOUT_MS, make_engine
+from service.db.engine import SQLITE_AUTOCHECKPOINT_PAGES, SQLITE_BUSY_TIMEOUT_MS, make_engine
 from service.db.outbox import Outbox
 from service.db.schema import attempts_table, messages_table, metadata
 from service.errors import DatabaseUnavailable, IdempotencyKeyTaken
@@ -29,6 +29,7 @@ from service.types import (
 
 __all__ = [
     "INTERRUPTED_SYNC_ERROR",
+    "SQLITE_AUTOCHECKPOINT_PAGES",
     "SQLITE_BUSY_TIMEOUT_MS",
     "ClaimedMessage",
     "DatabaseUnavailable",

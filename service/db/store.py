@@ -302,6 +302,23 @@ class Store:
         elif inode != self._sqlite_inode:
             raise DatabaseUnavailable("database file was replaced while in use")
 
+    def checkpoint(self) -> None:
+        """SQLite: copy what the WAL holds back into the database file, as far as
+        readers allow (PASSIVE: it never waits for or blocks a reader or a writer).
+        The scheduler calls it every poll, so that no request's or delivery's commit
+        has to (engine.py: SQLITE_AUTOCHECKPOINT_PAGES). Nothing to do elsewhere."""
+        if not self.is_sqlite:
+            return
+        with self._unavailable_on_error:
+            conn = self.engine.raw_connection()
+            try:
+                cursor = conn.cursor()
+                cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                cursor.fetchall()
+                cursor.close()
+            finally:
+                conn.close()
+
     def create_schema(self) -> None:
         """Create or upgrade the schema through the migrations (service.migrations).
 
