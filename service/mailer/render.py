@@ -186,6 +186,12 @@ def render_message(
     )
 
 
+# Python's own table of file types, not the host's /etc/mime.types (which
+# mimetypes.guess_type also reads): the same filename gets the same type on every
+# machine ("x.a" is text/vnd.a on a Debian box with media-types installed).
+_TYPES = mimetypes.MimeTypes()
+
+
 def file_parts(request: SendRequest) -> list[encode.FilePart]:
     """The request's attachments, each with its content type (guessed from the
     filename when not given; application/octet-stream when nothing is known)."""
@@ -193,7 +199,7 @@ def file_parts(request: SendRequest) -> list[encode.FilePart]:
         encode.FilePart(
             filename=a.filename,
             content_type=a.content_type
-            or mimetypes.guess_type(a.filename, strict=False)[0]
+            or _TYPES.guess_type(a.filename, strict=False)[0]
             or "application/octet-stream",
             content=a.content,
             content_id=a.content_id,

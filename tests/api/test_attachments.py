@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import mimetypes
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -219,11 +220,30 @@ def test_any_valid_attachments_build_a_message_that_parses_back_to_them(
     assert max(len(line) for line in rendered.data.split(b"\r\n")) <= 998
     message = parsed(rendered.data)
     found = [
-        (p.get_filename(), p.get_content())
+        # The bytes as sent, whatever type the name suggests (text/plain for "x.c").
+        (p.get_filename(), p.get_payload(decode=True))
         for p in message.walk()
         if p.get_content_disposition() in ("attachment", "inline")
     ]
     assert sorted(found, key=repr) == sorted([(n.strip(), d) for n, d in files], key=repr)
+
+
+def test_a_files_type_is_guessed_from_pythons_table_not_the_hosts() -> None:
+    """The same name gets the same type on every machine: a type the host's
+    /etc/mime.types knows (here added to mimetypes' global table) is not used."""
+    from service import mailer
+
+    mimetypes.add_type("chemical/x-example", ".example-ext", strict=False)
+    assert mimetypes.guess_type("a.example-ext", strict=False)[0] == "chemical/x-example"
+    files = [{"filename": n, "content": b64(b"x")} for n in ("a.example-ext", "b.pdf", "c.c")]
+    request = SendRequest.model_validate(
+        {"to": "ana@example.com", "body": "x", "attachments": files}
+    )
+    assert [part.content_type for part in mailer.file_parts(request)] == [
+        "application/octet-stream",
+        "application/pdf",
+        "text/plain",
+    ]
 
 
 @settings(max_examples=200, deadline=None)
