@@ -15,7 +15,6 @@ from service.api.offload import database_call, run_in_daemon_thread
 from service.api.send_route import SendRoute
 from service.api.send_steps import accept_request, after_failed_insert, new_message, reserve_slots
 from service.api.sync_send import deliver_sync
-from service.errors import DatabaseUnavailable, IdempotencyKeyTaken, RecipientSuppressed
 from service.ids import new_id
 from service.metrics import CONTENT_TYPE_LATEST
 from service.models import (
@@ -117,19 +116,22 @@ async def send(
     key, rendered = await accept_request(payload, context, idempotency_key, "send", message_id)
     new = new_message(message_id, "sync", rendered, payload, context, key)
 
-    def store_and_deliver() -> tuple[int, str]:
+    def store_and_deliver() -> tuple[int, str] | Exception:
         # The row is committed before anything reaches the relay. In the delivery's
         # own thread rather than through the committer: one hand-off to a thread and
         # back per request instead of a turn of the event loop and then that, and
         # never a database round trip on the event loop with PostgreSQL.
-        services.outbox.insert(new)
+        try:
+            services.outbox.insert(new)
+        except Exception as exc:  # not stored: answered as a failed insert, below
+            return exc
         services.metrics.accepted.labels("send").inc()
         return deliver_sync(services, message_id, rendered)
 
-    try:
-        code, answer = await run_in_daemon_thread(services.smtp_slots, store_and_deliver)
-    except (IdempotencyKeyTaken, RecipientSuppressed, DatabaseUnavailable) as exc:
-        return await after_failed_insert(exc, context, key, [payload])
+    outcome = await run_in_daemon_thread(services.smtp_slots, store_and_deliver)
+    if isinstance(outcome, Exception):
+        return await after_failed_insert(outcome, context, key, [payload])
+    code, answer = outcome
     return Response(content=answer, status_code=code, media_type="application/json")
 
 
