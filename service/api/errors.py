@@ -36,6 +36,7 @@ __all__ = [
     "database_unavailable",
     "explain",
     "install_error_handlers",
+    "is_json",
     "unauthorized",
     "validation_error",
 ]
@@ -126,7 +127,7 @@ def explain(error: dict[str, Any], content_type: str | None) -> dict[str, Any]:
     elif _is_batch_item(loc) and kind in _NOT_AN_OBJECT:
         message = "each item of 'messages' must be a JSON object of a message's fields"
     elif loc == ("body",) and kind in _NOT_AN_OBJECT:
-        if _is_json(content_type):
+        if is_json(content_type):
             message = "the body must be a JSON object of the request's fields (see /docs)"
         else:
             given = f"Content-Type {content_type}" if content_type else "no Content-Type"
@@ -139,10 +140,13 @@ def explain(error: dict[str, Any], content_type: str | None) -> dict[str, Any]:
     return item
 
 
-def _is_json(content_type: str | None) -> bool:
-    # FastAPI's own test for a JSON body: application/json or application/*+json.
+def is_json(content_type: str | None) -> bool:
+    """FastAPI's own test of a Content-Type for a JSON body, strict as its default:
+    application/json or application/*+json; no Content-Type is not JSON."""
     if not content_type:
         return False
+    if content_type == "application/json":  # nearly every request: no header parse
+        return True
     parsed = email.message.Message()
     parsed["content-type"] = content_type
     subtype = parsed.get_content_subtype()

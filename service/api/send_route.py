@@ -25,7 +25,6 @@ own span, from FastAPI's telemetry middleware, is still there.
 
 from __future__ import annotations
 
-import email.message
 import inspect
 import json
 from collections.abc import Callable, Coroutine
@@ -39,6 +38,7 @@ from pydantic import BaseModel, StringConstraints, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException
 
 from service.api.deps import IDEMPOTENCY_KEY_PATTERN, SendContext, send_context
+from service.api.errors import is_json
 
 __all__ = ["SendRoute"]
 
@@ -111,7 +111,7 @@ async def _json_body(request: Request) -> Any:
         raw = await request.body()
         if not raw:
             return _MISSING
-        if not _is_json(request.headers.get("content-type")):
+        if not is_json(request.headers.get("content-type")):
             return raw
         return json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -131,20 +131,6 @@ async def _json_body(request: Request) -> Any:
         raise
     except Exception as exc:  # not UTF-8 text, nested too deep, the client gone
         raise HTTPException(status_code=400, detail="There was an error parsing the body") from exc
-
-
-def _is_json(content_type: str | None) -> bool:
-    # FastAPI's test, strict as its default: no Content-Type is not JSON.
-    if not content_type:
-        return False
-    if content_type == "application/json":
-        return True
-    parsed = email.message.Message()
-    parsed["content-type"] = content_type
-    subtype = parsed.get_content_subtype()
-    return parsed.get_content_maintype() == "application" and (
-        subtype == "json" or subtype.endswith("+json")
-    )
 
 
 def _validated(
